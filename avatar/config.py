@@ -1,0 +1,206 @@
+"""Configuration: one object, read once at start.
+
+Sources, later ones winning: built-in defaults, a TOML file (``--config``), environment
+variables ``AVATAR_<KEY>`` (e.g. ``AVATAR_PORT``, ``AVATAR_API_TOKEN``), command-line flags.
+Keys are flat in the object; in TOML they may sit under any section header
+(``[server]``, ``[media]``...), which is only for readability. Unknown keys and
+wrong types are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type; the message names the key."""
+
+
+@dataclass(frozen=True)
+class IceServer:
+    urls: list[str]
+    username: str | None = None
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class VoiceChoice:
+    """The engine and voice an avatar speaks a language with."""
+
+    engine: str
+    voice: str | None = None
+
+
+def _default_voices() -> dict[str, VoiceChoice]:
+    # "<avatar>:<lang>" or "*:<lang>" -> voice. Piper is the offline English default;
+    # espeak-ng is the offline Mandarin one (no offline neural Mandarin voice ships in a package).
+    return {
+        "*:en": VoiceChoice("piper", "en_US-joe-medium"),
+        "*:zh": VoiceChoice("espeak", "cmn"),
+    }
+
+
+@dataclass(frozen=True)
+class Settings:
+    # [server]
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("data")
+    web_dir: Path | None = None  # default: the repository's web/
+    api_token: str | None = None
+    max_sessions: int = 32
+    max_body_bytes: int = 64 * 1024
+    ice_servers: list[IceServer] = field(default_factory=list)
+    log_level: str = "INFO"
+    # [media]
+    fps: int = 25
+    width: int = 512
+    height: int = 512
+    video_codec: str = "H264"  # "H264" or "VP8": preferred codec offered to the browser
+    default_avatar: str = "anna"
+    # [speech]
+    default_lang: str = "en"
+    tts_fallback_timeout: float = 1.0
+    voices: dict[str, VoiceChoice] = field(default_factory=_default_voices)
+    edge_tts_url: str | None = None  # override the edge-tts websocket endpoint (tests, proxies)
+
+    def voice_for(self, avatar: str, lang: str) -> VoiceChoice:
+        """The configured voice for ``avatar`` speaking ``lang``, falling back to ``*:lang``."""
+        for key in (f"{avatar}:{lang}", f"*:{lang}", f"*:{self.default_lang}"):
+            if key in self.voices:
+                return self.voices[key]
+        raise ConfigError(f"voices: no voice configured for {avatar}:{lang}")
+
+
+def _coerce(name: str, typ: Any, value: Any) -> Any:
+    """Convert ``value`` (from TOML or a string from the environment) to the field's type."""
+    text = isinstance(value, str)
+    try:
+        if typ in ("int", int):
+            if isinstance(value, bool):
+                raise TypeError
+            return int(value)
+        if typ in ("float", float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if typ in ("bool", bool):
+            if text:
+                low = value.strip().lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if typ in ("str", str):
+            if not isinstance(value, str):
+                raise TypeError
+            return value
+        if typ == "str | None":
+            return None if value in (None, "") else str(value)
+        if typ in ("Path", "Path | None"):
+            if value in (None, "") and typ == "Path | None":
+                return None
+            if not isinstance(value, str):
+                raise TypeError
+            return Path(value)
+        if typ == "list[IceServer]":
+            items = json.loads(value) if text else value
+            if not isinstance(items, list):
+                raise TypeError
+            servers = []
+            for item in items:
+                if isinstance(item, str):
+                    item = {"urls": [item]}
+                urls = item["urls"]
+                servers.append(
+                    IceServer(
+                        urls=[urls] if isinstance(urls, str) else list(urls),
+                        username=item.get("username"),
+                        credential=item.get("credential"),
+                    )
+                )
+            return servers
+        if typ == "dict[str, VoiceChoice]":
+            items = json.loads(value) if text else value
+            if not isinstance(items, dict):
+                raise TypeError
+            voices = _default_voices()
+            for key, choice in items.items():
+                if isinstance(choice, str):
+                    engine, _, voice = choice.partition(":")
+                    voices[key] = VoiceChoice(engine, voice or None)
+                else:
+                    voices[key] = VoiceChoice(str(choice["engine"]), choice.get("voice"))
+            return voices
+    except (TypeError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{name}: invalid value {value!r} ({typ} expected)") from exc
+    raise ConfigError(f"{name}: unsupported setting type {typ}")
+
+
+def _flatten(doc: Mapping[str, Any], fields: set[str]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict) and key not in fields:
+            for sub_key, sub_value in value.items():
+                flat[sub_key] = sub_value
+        else:
+            flat[key] = value
+    return flat
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build ``Settings`` from defaults, ``config_file``, ``env`` (``AVATAR_*``) and ``overrides``."""
+    env = os.environ if env is None else env
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            doc = tomllib.loads(Path(config_file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {config_file}: {exc.strerror or exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file}: {exc}") from exc
+        for key, value in _flatten(doc, set(types)).items():
+            if key not in types:
+                raise ConfigError(f"{key}: unknown setting in {config_file}")
+            values[key] = _coerce(key, types[key], value)
+    for name, typ in types.items():
+        raw = env.get(f"AVATAR_{name.upper()}")
+        if raw is not None:
+            values[name] = _coerce(f"AVATAR_{name.upper()}", typ, raw)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    if not 0 < s.port < 65536:
+        raise ConfigError(f"port: {s.port} is not a TCP port")
+    if not 1 <= s.fps <= 60:
+        raise ConfigError(f"fps: {s.fps} is outside 1..60")
+    for key in ("width", "height"):
+        value = getattr(s, key)
+        if not 64 <= value <= 2048 or value % 2:
+            raise ConfigError(f"{key}: {value} must be even and within 64..2048")
+    if s.max_sessions < 1:
+        raise ConfigError("max_sessions: must be at least 1")
+    if s.video_codec not in ("H264", "VP8"):
+        raise ConfigError(f"video_codec: {s.video_codec!r} is not H264 or VP8")

@@ -1,0 +1,1 @@
+"""Avatar renderers: turn a ``FaceState`` into pixels."""

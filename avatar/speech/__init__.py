@@ -1,0 +1,1 @@
+"""Speech in and out: TTS engines, lip-sync, and (later) VAD and ASR."""
