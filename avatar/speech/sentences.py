@@ -1,0 +1,172 @@
+"""Split a reply into sentences so speech can start before the whole reply is synthesised.
+
+Chinese sentences end at 。！？；… (and their full-width forms); English ones at . ! ? ; when a
+space, the end of the text or a Chinese character follows. A period inside a number
+("3.5%", "$1,000.00"), after an abbreviation ("e.g.", "Mr.", "No. 5") or an initial
+("J. Smith") does not end a sentence. Line breaks always do. Closing quotes and brackets stay
+with the sentence they close.
+
+The first sentence is what the listener waits for, so when it is long it is cut once more at
+a clause break (，、：, or ", ") near ``first_max_units`` (see ``speech_units``).
+"""
+
+from __future__ import annotations
+
+import re
+
+from avatar.speech.lang import is_han
+
+_CJK_TERMINATORS = "。！？；…｡．！？；"
+_LATIN_TERMINATORS = "!?;"
+_CLOSERS = "\"'”’」』）)]】》〉»"
+_CLAUSE_BREAKS_CJK = "，、：；"
+_CLAUSE_BREAKS_LATIN = ",:—"
+
+# Abbreviations after which a period never ends a sentence (titles, Latin short forms).
+_NEVER_FINAL = {
+    "mr", "mrs", "ms", "dr", "prof", "sr", "jr", "st", "mt", "rev", "hon", "gen", "capt", "lt",
+    "col", "sgt", "e.g", "i.e", "cf", "vs", "approx", "viz", "ca", "incl", "dept", "est", "attn",
+}  # fmt: skip
+# Abbreviations that end a sentence only when a capitalised (or Chinese) word follows.
+_MAYBE_FINAL = {
+    "etc", "inc", "ltd", "co", "corp", "plc", "llc", "a.m", "p.m", "u.s", "u.k", "jan", "feb",
+    "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "mon", "tue", "wed",
+    "thu", "fri", "sat", "sun",
+}  # fmt: skip
+# Abbreviations that are not final when a number follows ("No. 5", "p. 12").
+_BEFORE_NUMBER = {"no", "nos", "vol", "p", "pp", "fig", "art", "ch", "sec", "tel", "ext", "acct"}
+
+_WORD_BEFORE_DOT = re.compile(r"([A-Za-z](?:[A-Za-z.]*[A-Za-z])?)$")
+
+DEFAULT_FIRST_MAX_UNITS = 60
+_MIN_PIECE_UNITS = 12
+
+
+def speech_units(text: str) -> int:
+    """A rough measure of speaking time: one per Latin character, three per Han character.
+
+    (English is spoken at about 14 characters a second, Mandarin at about 4.5 characters.)
+    """
+    return sum(3 if is_han(ch) else 1 for ch in text if not ch.isspace())
+
+
+def split_sentences(text: str, *, first_max_units: int = DEFAULT_FIRST_MAX_UNITS) -> list[str]:
+    """The sentences of ``text`` in order, stripped, none empty; the text is kept verbatim.
+
+    ``first_max_units`` bounds the first piece (in ``speech_units``) where a clause break
+    allows; ``0`` disables that cut.
+    """
+    sentences: list[str] = []
+    start = 0
+    i = 0
+    n = len(text)
+    while i < n:
+        end = _sentence_end(text, i)
+        if end is None:
+            i += 1
+            continue
+        piece = text[start:end].strip()
+        if piece:
+            sentences.append(piece)
+        start = i = end
+    tail = text[start:].strip()
+    if tail:
+        sentences.append(tail)
+    if sentences and first_max_units > 0 and speech_units(sentences[0]) > first_max_units:
+        sentences[:1] = _cut_at_clause(sentences[0], first_max_units)
+    return sentences
+
+
+def _sentence_end(text: str, i: int) -> int | None:
+    """If a sentence ends with the character at ``i``, the index just past it (and its closers)."""
+    ch = text[i]
+    if ch == "\n":
+        return i + 1
+    if ch in _CJK_TERMINATORS and ch != "．":
+        return _after_closers(text, _after_run(text, i, _CJK_TERMINATORS + _LATIN_TERMINATORS))
+    if ch in _LATIN_TERMINATORS:
+        end = _after_closers(text, _after_run(text, i, _CJK_TERMINATORS + _LATIN_TERMINATORS))
+        if not _free_after(text, end) or (ch != ";" and _lowercase_follows(text, end)):
+            return None  # '"Really?" she asked.' goes on after the question
+        return end
+    if ch in ".．":
+        run_end = _after_run(text, i, ".．!?")
+        end = _after_closers(text, run_end)
+        if not _free_after(text, end) or _lowercase_follows(text, end):
+            return None  # "3.5", "example.com", "e.g" inside, '"ok." she said'
+        if run_end - i == 1 and not _period_is_final(text, i, end):
+            return None
+        return end
+    return None
+
+
+def _after_run(text: str, i: int, chars: str) -> int:
+    while i < len(text) and text[i] in chars:
+        i += 1
+    return i
+
+
+def _after_closers(text: str, i: int) -> int:
+    return _after_run(text, i, _CLOSERS)
+
+
+def _free_after(text: str, i: int) -> bool:
+    """A sentence may end before ``i``: the text ends, a space follows, or a Chinese character."""
+    return i >= len(text) or text[i].isspace() or is_han(text[i])
+
+
+def _lowercase_follows(text: str, i: int) -> bool:
+    """English starts a sentence with a capital; a lowercase word after . ! ? continues it."""
+    after = _next_word(text, i)
+    return after.isascii() and after.islower()
+
+
+def _next_word(text: str, i: int) -> str:
+    rest = text[i:].lstrip()
+    return rest[:1]
+
+
+def _period_is_final(text: str, i: int, end: int) -> bool:
+    """Whether the single period at ``i`` ends its sentence (abbreviations and initials do not)."""
+    match = _WORD_BEFORE_DOT.search(text[:i])
+    if match is None:
+        return True  # after a digit, a bracket, a quote: "It costs 5." ends
+    word = match.group(1).lower()
+    after = _next_word(text, end)
+    capital_follows = after.isupper() or (after != "" and is_han(after)) or after == ""
+    if word in _NEVER_FINAL:
+        return False
+    if word in _BEFORE_NUMBER and after.isdigit():
+        return False
+    if len(word) == 1 and match.group(1).isupper():
+        return False  # an initial: "J. Smith"
+    if word in _MAYBE_FINAL or re.fullmatch(r"(?:[a-z]\.)+[a-z]", word):
+        return capital_follows
+    return True
+
+
+def _cut_at_clause(sentence: str, max_units: int) -> list[str]:
+    """Cut ``sentence`` once at the clause break that makes the first piece closest below
+    ``max_units`` (or the first break past it); unchanged when there is none."""
+    best: int | None = None
+    for idx, ch in enumerate(sentence):
+        cut = idx + 1
+        if ch in _CLAUSE_BREAKS_CJK:
+            pass
+        elif ch in _CLAUSE_BREAKS_LATIN:
+            # ", " is a clause break; "1,000" and "12:30" are not.
+            if cut < len(sentence) and not sentence[cut].isspace():
+                continue
+        else:
+            continue
+        head = sentence[:cut]
+        units = speech_units(head)
+        if units < _MIN_PIECE_UNITS or not sentence[cut:].strip():
+            continue
+        if units <= max_units or best is None:
+            best = cut
+        if units > max_units:
+            break
+    if best is None:
+        return [sentence]
+    return [sentence[:best].strip(), sentence[best:].strip()]
