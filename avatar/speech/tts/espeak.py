@@ -25,6 +25,8 @@ from avatar.timeline import SILENCE, Phoneme, SpeechChunk, Word, cover_exactly
 
 ESPEAK_SAMPLE_RATE = 22050
 DEFAULT_VOICES = {"en": "en-us", "zh": "cmn"}
+# Names people write for Mandarin that espeak-ng does not know under them.
+_VOICE_ALIASES = {"zh": "cmn", "zh-cn": "cmn", "zh_cn": "cmn", "mandarin": "cmn"}
 
 # speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -249,6 +251,7 @@ class EspeakTTS:
     def synthesize_blocking(self, sentence: str, voice: Voice) -> SpeechChunk:
         """``synthesize`` without the thread hop, for callers already off the event loop."""
         voice_name = voice.voice or DEFAULT_VOICES.get(voice.lang)
+        voice_name = _VOICE_ALIASES.get((voice_name or "").lower(), voice_name)
         if voice_name is None:
             raise TTSError(f"espeak: no default voice for language {voice.lang!r}")
         library = self.library()

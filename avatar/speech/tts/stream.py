@@ -1,0 +1,66 @@
+"""Streaming speech: a reply spoken sentence by sentence, the next one synthesised while the
+current one plays.
+
+One producer task synthesises the sentences in order, one at a time (parallel synthesis
+would only make CPU engines slower to deliver the first sentence), into a queue of at most
+``lookahead`` finished chunks; the consumer takes them in order. Closing the generator,
+or cancelling the task that iterates it, cancels the producer and waits for it: no task
+outlives the stream. Iterate it under ``contextlib.aclosing`` so an early ``break`` closes
+it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator
+
+from avatar.speech.sentences import DEFAULT_FIRST_MAX_UNITS, split_sentences
+from avatar.speech.tts.base import Voice
+from avatar.speech.tts.registry import TTSRegistry
+from avatar.timeline import SpeechChunk
+
+
+async def speak_stream(
+    tts: TTSRegistry,
+    text: str,
+    voice: Voice,
+    *,
+    lookahead: int = 1,
+    first_max_units: int = DEFAULT_FIRST_MAX_UNITS,
+) -> AsyncGenerator[SpeechChunk, None]:
+    """Yield one ``SpeechChunk`` per sentence of ``text``, in order.
+
+    At most ``lookahead`` (>= 1) chunks wait for the consumer while one more is being
+    synthesised. A sentence no engine could speak raises ``TTSError`` at its turn, after the
+    sentences before it were yielded. ``first_max_units`` is passed to ``split_sentences``.
+    """
+    if lookahead < 1:
+        raise ValueError(f"lookahead must be at least 1, got {lookahead}")
+    sentences = split_sentences(text, first_max_units=first_max_units)
+    if not sentences:
+        return
+    ready: asyncio.Queue[SpeechChunk | Exception | None] = asyncio.Queue(maxsize=lookahead)
+
+    async def produce() -> None:
+        for sentence in sentences:
+            try:
+                chunk = await tts.synthesize(sentence, voice)
+            except Exception as exc:  # handed to the consumer, in order
+                await ready.put(exc)
+                return
+            await ready.put(chunk)
+        await ready.put(None)  # the end
+
+    producer = asyncio.create_task(produce(), name="speak_stream.produce")
+    try:
+        while True:
+            item = await ready.get()
+            if item is None:
+                return
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        producer.cancel()
+        # wait() rather than await: the producer's CancelledError is its own, not ours.
+        await asyncio.wait({producer})

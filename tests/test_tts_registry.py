@@ -1,0 +1,256 @@
+"""TTSRegistry (engines, voices, offline fallback) and speak_stream (sentence streaming)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sys
+from contextlib import aclosing
+
+import pytest
+
+from avatar.config import Settings, VoiceChoice
+from avatar.speech.sentences import split_sentences
+from avatar.speech.tts.base import TTSError, Voice
+from avatar.speech.tts.registry import TTSRegistry
+from avatar.speech.tts.stream import speak_stream
+from avatar.timeline import SpeechChunk
+from tests.fakes import assert_speech_chunk
+from tests.fakes.edge_server import FakeEdgeServer
+
+ESPEAK_EN = Voice("espeak", "en-us", "en")
+
+
+def settings_with(edge_url: str | None = None, timeout: float = 1.0) -> Settings:
+    voices = {
+        "*:en": VoiceChoice("piper", "en_US-joe-medium"),
+        "*:zh": VoiceChoice("espeak", "cmn"),
+        "anna:en": VoiceChoice("edge", "en-US-AriaNeural"),
+        "anna:zh": VoiceChoice("edge", None),
+    }
+    return Settings(voices=voices, edge_tts_url=edge_url, tts_fallback_timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def offline_registry() -> TTSRegistry:
+    return TTSRegistry(settings_with())  # piper loads once for the module
+
+
+# --- registry ---------------------------------------------------------------------------
+
+
+def test_voice_for_uses_the_avatar_then_the_wildcard() -> None:
+    registry = TTSRegistry(settings_with())
+    assert registry.voice_for("anna", "en") == Voice("edge", "en-US-AriaNeural", "en")
+    assert registry.voice_for("anna", "zh") == Voice("edge", None, "zh")
+    assert registry.voice_for("bob", "en") == Voice("piper", "en_US-joe-medium", "en")
+    assert registry.voice_for("bob", "zh") == Voice("espeak", "cmn", "zh")
+
+
+def test_engines_are_created_once_and_shared() -> None:
+    registry = TTSRegistry(settings_with())
+    assert registry.engine("espeak") is registry.engine("espeak")
+    assert registry.engine("edge").name == "edge"
+
+
+def test_unknown_engine_names_the_known_ones() -> None:
+    with pytest.raises(TTSError, match="piper, espeak, edge"):
+        TTSRegistry(settings_with()).engine("polly")
+
+
+async def test_empty_sentence_is_refused(offline_registry: TTSRegistry) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        await offline_registry.synthesize("  ", ESPEAK_EN)
+
+
+async def test_offline_voices_speak_both_languages(offline_registry: TTSRegistry) -> None:
+    english = await offline_registry.synthesize(
+        "How can I help you?", offline_registry.voice_for("bob", "en")
+    )
+    mandarin = await offline_registry.synthesize(
+        "请问有什么可以帮您？", offline_registry.voice_for("bob", "zh")
+    )
+    assert (english.engine, mandarin.engine) == ("piper", "espeak")
+    assert_speech_chunk(english)
+    assert_speech_chunk(mandarin)
+
+
+async def test_edge_through_the_registry_uses_the_configured_endpoint() -> None:
+    async with FakeEdgeServer() as fake:
+        registry = TTSRegistry(settings_with(fake.url))
+        chunk = await registry.synthesize("Good afternoon.", registry.voice_for("anna", "en"))
+    assert chunk.engine == "edge"
+    assert "AriaNeural" in fake.renditions[0].voice
+
+
+@pytest.mark.parametrize(
+    ("lang", "text", "offline"), [("en", "Good afternoon.", "piper"), ("zh", "下午好。", "espeak")]
+)
+async def test_failing_edge_falls_back_to_the_offline_engine(
+    lang: str, text: str, offline: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with FakeEdgeServer("reject") as fake:
+        registry = TTSRegistry(settings_with(fake.url))
+        with caplog.at_level(logging.WARNING, logger="avatar.speech.tts.registry"):
+            chunk = await registry.synthesize(text, registry.voice_for("anna", lang))
+    assert fake.requests == 1
+    assert chunk.engine == offline and chunk.lang == lang and chunk.text == text
+    assert_speech_chunk(chunk)
+    assert any("edge failed" in r.getMessage() and offline in r.getMessage() for r in caplog.records)
+
+
+async def test_hanging_edge_falls_back_after_the_timeout(caplog: pytest.LogCaptureFixture) -> None:
+    async with FakeEdgeServer("hang") as fake:
+        registry = TTSRegistry(settings_with(fake.url, timeout=0.3))
+        with caplog.at_level(logging.WARNING, logger="avatar.speech.tts.registry"):
+            chunk = await registry.synthesize("下午好。", registry.voice_for("anna", "zh"))
+    assert chunk.engine == "espeak"
+    assert any("longer than 0.3 s" in r.getMessage() for r in caplog.records)
+
+
+async def test_unreachable_edge_falls_back() -> None:
+    registry = TTSRegistry(settings_with(f"ws://127.0.0.1:{free_port()}/edge/v1"))
+    chunk = await registry.synthesize("下午好。", registry.voice_for("anna", "zh"))
+    assert chunk.engine == "espeak"
+    assert_speech_chunk(chunk)
+
+
+async def test_a_broken_offline_engine_falls_back_to_espeak(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "piper", None)  # piper-tts "not installed"
+    registry = TTSRegistry(settings_with())
+    chunk = await registry.synthesize("Good afternoon.", registry.voice_for("bob", "en"))
+    assert chunk.engine == "espeak" and chunk.lang == "en"
+
+
+# --- speak_stream -----------------------------------------------------------------------
+
+
+class RecordingRegistry(TTSRegistry):
+    """The real registry (espeak), noting when each sentence's synthesis starts and ends."""
+
+    def __init__(self, hold: str | None = None, fail: str | None = None) -> None:
+        super().__init__(settings_with())
+        self.started: list[str] = []
+        self.finished: list[str] = []
+        self.cancelled: list[str] = []
+        self.started_event = asyncio.Event()
+        self.finished_event = asyncio.Event()
+        self._hold = hold  # a sentence whose synthesis never finishes
+        self._fail = fail  # a sentence no engine can speak
+
+    async def synthesize(self, sentence: str, voice: Voice) -> SpeechChunk:
+        self.started.append(sentence)
+        self.started_event.set()
+        try:
+            if sentence == self._hold:
+                await asyncio.Event().wait()
+            if sentence == self._fail:
+                raise TTSError("no TTS engine could speak")
+            chunk = await super().synthesize(sentence, voice)
+        except asyncio.CancelledError:
+            self.cancelled.append(sentence)
+            raise
+        self.finished.append(sentence)
+        self.finished_event.set()
+        return chunk
+
+    async def wait_started(self, count: int) -> None:
+        while len(self.started) < count:
+            self.started_event.clear()
+            await self.started_event.wait()
+
+    async def wait_finished(self, count: int) -> None:
+        while len(self.finished) < count:
+            self.finished_event.clear()
+            await self.finished_event.wait()
+
+
+TEXT = "Welcome to the bank. Your balance is $1,000.00. Anything else? Goodbye."
+
+
+async def test_stream_yields_every_sentence_in_order() -> None:
+    registry = RecordingRegistry()
+    async with aclosing(speak_stream(registry, TEXT, ESPEAK_EN)) as stream:
+        chunks = [chunk async for chunk in stream]
+    assert [c.text for c in chunks] == split_sentences(TEXT)
+    for chunk in chunks:
+        assert_speech_chunk(chunk)
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_stream_mandarin_in_order() -> None:
+    text = "你好，欢迎来到我们银行。请问有什么可以帮您？"
+    registry = RecordingRegistry()
+    async with aclosing(speak_stream(registry, text, Voice("espeak", "cmn", "zh"))) as stream:
+        texts = [chunk.text async for chunk in stream]
+    assert texts == ["你好，欢迎来到我们银行。", "请问有什么可以帮您？"]
+
+
+async def test_next_sentence_is_synthesised_while_the_consumer_holds_the_current_one() -> None:
+    registry = RecordingRegistry()
+    async with aclosing(speak_stream(registry, TEXT, ESPEAK_EN, lookahead=1)) as stream:
+        first = await anext(stream)
+        assert first.text == "Welcome to the bank."
+        # While the consumer holds the first chunk, the next sentences get synthesised...
+        await registry.wait_finished(3)
+        # ...but no further than the bound: one chunk waiting in the queue, one more done and
+        # waiting for room; the fourth sentence does not start.
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert registry.started == split_sentences(TEXT)[:3]
+        rest = [chunk.text async for chunk in stream]
+    assert rest == split_sentences(TEXT)[1:]
+
+
+async def test_cancelling_the_consumer_cancels_pending_synthesis() -> None:
+    registry = RecordingRegistry(hold="Your balance is $1,000.00.")
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for chunk in speak_stream(registry, TEXT, ESPEAK_EN):
+            received.append(chunk.text)
+
+    consumer = asyncio.create_task(consume())
+    await registry.wait_started(2)
+    consumer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer
+    assert received == ["Welcome to the bank."]
+    assert registry.cancelled == ["Your balance is $1,000.00."]
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_leaving_the_stream_early_stops_the_producer() -> None:
+    registry = RecordingRegistry(hold="Anything else?")
+    async with aclosing(speak_stream(registry, TEXT, ESPEAK_EN)) as stream:
+        async for _chunk in stream:
+            break
+    assert "Goodbye." not in registry.started
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+
+
+async def test_a_sentence_nobody_can_speak_raises_after_the_ones_before_it() -> None:
+    registry = RecordingRegistry(fail="Anything else?")
+    received: list[str] = []
+    with pytest.raises(TTSError):
+        async with aclosing(speak_stream(registry, TEXT, ESPEAK_EN)) as stream:
+            async for chunk in stream:
+                received.append(chunk.text)
+    assert received == ["Welcome to the bank.", "Your balance is $1,000.00."]
+
+
+async def test_empty_text_yields_nothing() -> None:
+    async with aclosing(speak_stream(RecordingRegistry(), " \n ", ESPEAK_EN)) as stream:
+        assert [chunk async for chunk in stream] == []
+
+
+async def test_lookahead_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="lookahead"):
+        await anext(speak_stream(RecordingRegistry(), "Hi.", ESPEAK_EN, lookahead=0))
