@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
 
@@ -95,3 +96,15 @@ def test_word_boundaries_are_ordered_and_clipped_to_the_audio() -> None:
         ("world", 0.7, 1.0),
         ("late", 1.2, 1.5),
     ]
+
+
+async def test_concurrent_engines_each_reach_their_own_endpoint() -> None:
+    # The endpoint override is applied per request; two engines pointed at different
+    # services, speaking at the same time, must not swap endpoints.
+    async with FakeEdgeServer() as good, FakeEdgeServer("reject") as bad:
+        results = await asyncio.gather(
+            *(EdgeTTS(url).synthesize("Hello there.", Voice("edge")) for url in (good.url, bad.url) * 3),
+            return_exceptions=True,
+        )
+    assert [type(r).__name__ for r in results] == ["SpeechChunk", "TTSError"] * 3
+    assert (good.requests, bad.requests) == (3, 3)

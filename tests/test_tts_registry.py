@@ -129,6 +129,17 @@ async def test_a_broken_offline_engine_falls_back_to_espeak(monkeypatch: pytest.
     assert chunk.engine == "espeak" and chunk.lang == "en"
 
 
+async def test_missing_edge_package_is_named_in_the_fallback_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "edge_tts", None)
+    registry = TTSRegistry(settings_with())
+    with caplog.at_level(logging.WARNING, logger="avatar.speech.tts.registry"):
+        chunk = await registry.synthesize("下午好。", registry.voice_for("anna", "zh"))
+    assert chunk.engine == "espeak"
+    assert any("pip install edge-tts" in r.getMessage() for r in caplog.records)
+
+
 # --- speak_stream -----------------------------------------------------------------------
 
 
