@@ -16,7 +16,7 @@ import re
 
 from avatar.speech.lang import is_han
 
-_CJK_TERMINATORS = "。！？；…｡．！？；"
+_CJK_TERMINATORS = "。！？；…｡"  # the full-width period "．" is handled with "."
 _LATIN_TERMINATORS = "!?;"
 _CLOSERS = "\"'”’」』）)]】》〉»"
 _CLAUSE_BREAKS_CJK = "，、：；"
@@ -82,7 +82,7 @@ def _sentence_end(text: str, i: int) -> int | None:
     ch = text[i]
     if ch == "\n":
         return i + 1
-    if ch in _CJK_TERMINATORS and ch != "．":
+    if ch in _CJK_TERMINATORS:
         return _after_closers(text, _after_run(text, i, _CJK_TERMINATORS + _LATIN_TERMINATORS))
     if ch in _LATIN_TERMINATORS:
         end = _after_closers(text, _after_run(text, i, _CJK_TERMINATORS + _LATIN_TERMINATORS))
