@@ -80,6 +80,27 @@ def _blink_closure(dt: float) -> float:
 BLINK_DURATION_S = _BLINK_CLOSE_S + _BLINK_HOLD_S + _BLINK_OPEN_S
 
 
+def speaking_weight(t: float, start: float, end: float, ramp: float = 0.3) -> float:
+    """How much speech motion to blend in at ``t`` for speech playing over ``[start, end)``.
+
+    Rises from 0 to 1 over ``ramp`` seconds after ``start`` and falls back over ``ramp``
+    seconds after ``end``, smoothly. Pass it as ``speaking`` to ``IdleAnimator.state_at``
+    so the head does not jump when speech starts or stops (a plain bool switches the
+    speech motion in at once). Stateless, like the animator.
+    """
+    if t < start or ramp <= 0.0:
+        return 0.0 if t < start or t >= end else 1.0
+    x = min((t - start) / ramp, 1.0)
+    level = x * x * (3.0 - 2.0 * x)
+    if t < end:
+        return level
+    # Fade from wherever the rise had got to when speech ended.
+    y = min((end - start) / ramp, 1.0)
+    at_end = y * y * (3.0 - 2.0 * y)
+    z = max(1.0 - (t - end) / ramp, 0.0)
+    return at_end * z * z * (3.0 - 2.0 * z)
+
+
 class IdleAnimator:
     """Idle motion for one avatar on one stage. ``state_at`` is deterministic in ``(seed, t)``.
 

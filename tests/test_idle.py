@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatar.face_state import REST_MOUTH, FaceState
-from avatar.idle import BLINK_DURATION_S, IdleAnimator
+from avatar.idle import BLINK_DURATION_S, IdleAnimator, speaking_weight
 
 RATE = 100.0
 
@@ -145,3 +145,19 @@ def test_any_time_works_but_not_nan() -> None:
         anim.state_at(math.nan)
     with pytest.raises(TypeError, match="seed"):
         IdleAnimator("0")  # type: ignore[arg-type]
+
+
+def test_speaking_weight_ramps_in_and_out() -> None:
+    assert speaking_weight(0.9, 1.0, 3.0) == 0.0
+    assert speaking_weight(1.0, 1.0, 3.0) == 0.0
+    assert 0.0 < speaking_weight(1.1, 1.0, 3.0) < 1.0
+    assert speaking_weight(2.0, 1.0, 3.0) == 1.0
+    assert 0.0 < speaking_weight(3.1, 1.0, 3.0) < 1.0
+    assert speaking_weight(3.5, 1.0, 3.0) == 0.0
+    # Continuous everywhere, including speech shorter than the ramp.
+    for start, end in ((1.0, 3.0), (1.0, 1.1)):
+        w = [speaking_weight(k / 1000, start, end) for k in range(4000)]
+        assert max(abs(b - a) for a, b in itertools.pairwise(w)) <= 0.01
+    anim = IdleAnimator(2)
+    poses = [anim.state_at(k / 100, speaking_weight(k / 100, 1.0, 3.0)).head_pitch for k in range(400)]
+    assert max(abs(b - a) for a, b in itertools.pairwise(poses)) <= 0.1
