@@ -1,0 +1,1 @@
+"""WebRTC plumbing: thin tracks that read a stage, and peer connection helpers."""

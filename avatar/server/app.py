@@ -1,0 +1,85 @@
+"""The aiohttp application: engines and the session registry live on the app under typed
+keys, built and torn down in ``cleanup_ctx``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from avatar.config import Settings
+from avatar.server.auth import load_or_create_token
+from avatar.server.engines import Engines
+from avatar.server.sessions import SessionManager
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINES = web.AppKey("engines", Engines)
+SESSIONS = web.AppKey("sessions", SessionManager)
+API_TOKEN = web.AppKey("api_token", str)
+
+
+def default_web_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "web"
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every API error is JSON ``{"error": message}``; an unexpected exception is a logged 500,
+    never a dropped connection."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+        if exc.status == 413:
+            message = f"request body too large (limit {request.app[SETTINGS].max_body_bytes} bytes)"
+        resp = json_error(exc.status, message or exc.reason)
+        for key in ("WWW-Authenticate", "Allow"):
+            if key in exc.headers:
+                resp.headers[key] = exc.headers[key]
+        return resp
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal server error")
+
+
+async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    if ENGINES not in app:
+        app[ENGINES] = Engines.build(settings)
+    engines = app[ENGINES]
+    app[SESSIONS] = SessionManager(engines)
+    yield
+    # Graceful shutdown: close every peer and session, then the engines.
+    await app[SESSIONS].close_all()
+    engines.close()
+
+
+def create_app(settings: Settings, engines: Engines | None = None) -> web.Application:
+    """Build the application. ``engines`` may be passed in (tests share one set)."""
+    from avatar.server import routes
+
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
+    app[SETTINGS] = settings
+    if engines is not None:
+        app[ENGINES] = engines
+    app[API_TOKEN] = load_or_create_token(settings.api_token, settings.data_dir)
+    app.cleanup_ctx.append(_engines_ctx)
+    routes.setup_routes(app, settings.web_dir or default_web_dir())
+    return app
+
+
+def dumps(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False)

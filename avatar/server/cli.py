@@ -1,0 +1,62 @@
+"""``avatar serve``: start the server."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser("serve", help="start the avatar server")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; AVATAR_HOST)")
+    p.add_argument("--port", type=int, help="TCP port (default 8080; AVATAR_PORT)")
+    p.add_argument("--config", type=Path, help="TOML configuration file (AVATAR_CONFIG)")
+    p.add_argument("--data-dir", type=Path, help="where all state lives (default ./data; AVATAR_DATA_DIR)")
+    p.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
+    """Settings from defaults, --config (or AVATAR_CONFIG), AVATAR_* and the flags given."""
+    import os
+
+    from avatar.cli import CliError
+    from avatar.config import ConfigError, load_settings
+
+    config = getattr(args, "config", None) or (Path(os.environ["AVATAR_CONFIG"]) if os.environ.get("AVATAR_CONFIG") else None)
+    overrides = {
+        "host": getattr(args, "host", None),
+        "port": getattr(args, "port", None),
+        "data_dir": getattr(args, "data_dir", None),
+        **extra,
+    }
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        raise CliError(f"configuration: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from avatar.cli import CliError
+    from avatar.server.app import create_app
+
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"data directory {settings.data_dir}: {exc.strerror}") from exc
+    app = create_app(settings)
+    print(f"avatar: serving on http://{settings.host}:{settings.port}/ (data in {settings.data_dir.resolve()})", flush=True)
+    try:
+        web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5.0)
+    except OSError as exc:
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+    return 0

@@ -1,0 +1,147 @@
+"""HTTP routes: health, the WebRTC offer, the integration API and the static pages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from avatar.render.catalog import UnknownAvatar
+from avatar.server.app import API_TOKEN, ENGINES, SESSIONS, SETTINGS
+from avatar.server.auth import require_api_token
+from avatar.server.sessions import BadOffer, ServerFull
+from avatar.session import MAX_TEXT_CHARS, Session
+
+routes = web.RouteTableDef()
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The request body as a JSON object, or a 400 that says what is wrong."""
+    try:
+        body = await request.json(loads=json.loads)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise web.HTTPBadRequest(text=f"malformed JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text="the body must be a JSON object")
+    return body
+
+
+def field(body: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise web.HTTPBadRequest(text=f"'{name}' is required")
+        return None
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise web.HTTPBadRequest(text=f"'{name}' must be a {kind.__name__}")
+    return value
+
+
+def session_or_404(request: web.Request) -> Session:
+    session_id = request.match_info["session_id"]
+    session = request.app[SESSIONS].get(session_id)
+    if session is None:
+        raise web.HTTPNotFound(text=f"no live session {session_id!r}")
+    return session
+
+
+@routes.get("/healthz")
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS].sessions)})
+
+
+@routes.get("/api/avatars")
+async def list_avatars(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    avatars = [
+        {"name": a.name, "kind": a.kind, "title": a.title} for a in request.app[ENGINES].catalog.list()
+    ]
+    return web.json_response({"avatars": avatars, "default": settings.default_avatar})
+
+
+@routes.get("/api/config")
+async def page_config(request: web.Request) -> web.Response:
+    """What the page needs to connect: ICE servers (STUN/TURN) and the stage format."""
+    s = request.app[SETTINGS]
+    ice = [
+        {k: v for k, v in {"urls": i.urls, "username": i.username, "credential": i.credential}.items() if v}
+        for i in s.ice_servers
+    ]
+    return web.json_response({"iceServers": ice, "fps": s.fps, "width": s.width, "height": s.height})
+
+
+@routes.post("/api/offer")
+async def offer(request: web.Request) -> web.Response:
+    body = await read_json_object(request)
+    sdp = field(body, "sdp", str)
+    sdp_type = field(body, "type", str)
+    if sdp_type != "offer":
+        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
+    if not sdp.startswith("v=0"):
+        raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
+    settings = request.app[SETTINGS]
+    avatar = field(body, "avatar", str, required=False) or settings.default_avatar
+    manager = request.app[SESSIONS]
+    try:
+        session, answer = await manager.create_from_offer(sdp, sdp_type, avatar)
+    except UnknownAvatar as exc:
+        raise web.HTTPNotFound(text=str(exc.args[0] if exc.args else exc)) from exc
+    except ServerFull as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "30"}) from exc
+    except BadOffer as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session_id": session.id})
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    require_api_token(request, request.app[API_TOKEN])
+    sessions = [s.describe() for s in request.app[SESSIONS].sessions.values()]
+    return web.json_response({"sessions": sessions})
+
+
+@routes.post("/api/sessions/{session_id}/say")
+async def say(request: web.Request) -> web.Response:
+    require_api_token(request, request.app[API_TOKEN])
+    session = session_or_404(request)
+    body = await read_json_object(request)
+    text = field(body, "text", str).strip()
+    if not text:
+        raise web.HTTPBadRequest(text="'text' must not be empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise web.HTTPBadRequest(text=f"'text' is longer than {MAX_TEXT_CHARS} characters")
+    interrupt = field(body, "interrupt", bool, required=False) or False
+    lang = field(body, "lang", str, required=False)
+    if lang not in (None, "en", "zh"):
+        raise web.HTTPBadRequest(text="'lang' must be \"en\" or \"zh\"")
+    session.say(text, interrupt=interrupt, lang=lang)
+    return web.json_response({"status": "speaking" if interrupt else "queued", "session_id": session.id})
+
+
+@routes.post("/api/sessions/{session_id}/interrupt")
+async def interrupt(request: web.Request) -> web.Response:
+    require_api_token(request, request.app[API_TOKEN])
+    session = session_or_404(request)
+    cut = session.interrupt()
+    return web.json_response({"status": "interrupted", "cut": cut.heard_text() if cut else None})
+
+
+@routes.delete("/api/sessions/{session_id}")
+async def end_session(request: web.Request) -> web.Response:
+    require_api_token(request, request.app[API_TOKEN])
+    session = session_or_404(request)
+    await request.app[SESSIONS].close(session.id)
+    return web.json_response({"status": "closed", "session_id": session.id})
+
+
+def setup_routes(app: web.Application, web_dir: Path) -> None:
+    app.add_routes(routes)
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(web_dir / "index.html")
+
+    app.router.add_get("/", index)
+    if web_dir.is_dir():
+        app.router.add_static("/", web_dir, show_index=False, follow_symlinks=False)

@@ -1,0 +1,169 @@
+"""The registry of live sessions and the WebRTC offer/answer that creates one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+
+from avatar.clock import MediaClock
+from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
+from avatar.server.engines import Engines
+from avatar.session import Driver, EchoDriver, Session, TTSSpeechSource
+from avatar.speaker import Speaker
+from avatar.stage import Stage
+
+log = logging.getLogger(__name__)
+
+
+class ServerFull(Exception):
+    """No room for another session (``max_sessions``)."""
+
+
+class BadOffer(ValueError):
+    """The SDP offer could not be used."""
+
+
+@dataclass
+class Peer:
+    pc: RTCPeerConnection
+    audio: StageAudioTrack
+    video: StageVideoTrack
+    channel: RTCDataChannel | None = None
+
+
+def make_mouth_builder() -> Callable[..., Any]:
+    from avatar.speech.lipsync import track_from_phonemes
+
+    def build(phonemes: Any, duration: float, lang: str) -> Any:
+        return track_from_phonemes(phonemes, duration, lang=lang)
+
+    return build
+
+
+class SessionManager:
+    def __init__(self, engines: Engines, driver_factory: Callable[[], Driver] | None = None) -> None:
+        self.engines = engines
+        self.settings = engines.settings
+        self.sessions: dict[str, Session] = {}
+        self.peers: dict[str, Peer] = {}
+        self._pending = 0  # offers being answered count against the limit too
+        self.driver_factory = driver_factory or EchoDriver
+        self._mouth = make_mouth_builder()
+
+    def get(self, session_id: str) -> Session | None:
+        return self.sessions.get(session_id)
+
+    def make_stage(self, avatar: str, clock: MediaClock | None = None) -> Stage:
+        from avatar.idle import IdleAnimator
+
+        s = self.settings
+        renderer = self.engines.catalog.load(avatar, s.width, s.height)
+        seed = zlib.crc32(avatar.encode()) ^ int(asyncio.get_running_loop().time() * 1000)
+        return Stage(renderer, clock or MediaClock(), IdleAnimator(seed & 0x7FFFFFFF), fps=s.fps, avatar=avatar)
+
+    def make_session(self, avatar: str, stage: Stage | None = None) -> Session:
+        stage = stage or self.make_stage(avatar)
+        source = TTSSpeechSource(self.engines.tts, avatar, self.settings.default_lang)
+
+        def speaker_factory(stage: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
+            return Speaker(stage, source, self._mouth, emit)
+
+        session = Session(stage, speaker_factory, self.driver_factory(), avatar)
+        return session
+
+    async def create_from_offer(self, sdp: str, sdp_type: str, avatar: str) -> tuple[Session, RTCSessionDescription]:
+        """Answer a browser's offer with a new session. Raises ``ServerFull``, ``BadOffer`` or
+        ``avatar.render.catalog.UnknownAvatar``."""
+        if len(self.sessions) + self._pending >= self.settings.max_sessions:
+            raise ServerFull(f"the server is full ({self.settings.max_sessions} sessions)")
+        self.engines.catalog.get(avatar)  # UnknownAvatar before any work
+        self._pending += 1
+        pc: RTCPeerConnection | None = None
+        try:
+            session = self.make_session(avatar)
+            pc = make_peer_connection(self.settings.ice_servers)
+            audio = StageAudioTrack(session.stage)
+            video = StageVideoTrack(session.stage, self.engines.render_pool)
+            peer = Peer(pc, audio, video)
+            self._wire(session, peer)
+            try:
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+            except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
+                raise BadOffer(f"invalid SDP offer: {exc}") from exc
+            kinds = {t.kind for t in pc.getTransceivers()}
+            if "video" not in kinds or "audio" not in kinds:
+                raise BadOffer("the offer must receive audio and video")
+            pc.addTrack(audio)
+            pc.addTrack(video)
+            prefer_video_codec(pc, self.settings.video_codec)
+            answer = await pc.createAnswer()
+            await pc.setLocalDescription(answer)
+        except BaseException:
+            if pc is not None:
+                await pc.close()
+            self._pending -= 1
+            raise
+        self._pending -= 1
+        self.sessions[session.id] = session
+        self.peers[session.id] = peer
+        session.start()
+        log.info("session %s started (avatar %s)", session.id, avatar)
+        local = pc.localDescription
+        return session, local
+
+    def _wire(self, session: Session, peer: Peer) -> None:
+        pc = peer.pc
+
+        def send(message: dict[str, Any]) -> None:
+            channel = peer.channel
+            if channel is not None and channel.readyState == "open":
+                channel.send(json.dumps(message, ensure_ascii=False))
+
+        session.add_sink(send)
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: RTCDataChannel) -> None:
+            if channel.label != "events":
+                return
+            peer.channel = channel
+
+            @channel.on("message")
+            def on_message(message: str | bytes) -> None:
+                session.handle_message(message)
+
+            send({"type": "state", "state": session.state})
+
+        @pc.on("track")
+        def on_track(track: MediaStreamTrack) -> None:
+            # Inbound microphone/camera: consumed so nothing queues up in aiortc.
+            session.spawn(drain(track), f"drain-{track.kind}")
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+    async def close(self, session_id: str) -> bool:
+        session = self.sessions.pop(session_id, None)
+        peer = self.peers.pop(session_id, None)
+        if session is None:
+            return False
+        await session.close()
+        if peer is not None:
+            with contextlib.suppress(Exception):
+                await peer.pc.close()
+        log.info("session %s closed", session_id)
+        return True
+
+    async def close_all(self) -> None:
+        await asyncio.gather(*(self.close(sid) for sid in list(self.sessions)), return_exceptions=True)

@@ -1,0 +1,205 @@
+"""A session: one conversation. A customer peer, a stage, a speaker, a transcript and the
+current driver (the AI brain, an operator, a script). Takeover is a driver switch; the
+stage, voice and face stay as they are, so the customer cannot tell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from avatar.speaker import Line, Speaker
+from avatar.stage import Stage
+from avatar.timeline import SpeechChunk
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 1000
+
+
+class Driver(Protocol):
+    """Decides what the avatar says in answer to the customer."""
+
+    name: str
+
+    async def on_customer_text(self, session: Session, text: str) -> None: ...
+
+
+class EchoDriver:
+    """Says the customer's words back: the whole path visible without a brain."""
+
+    name = "echo"
+
+    async def on_customer_text(self, session: Session, text: str) -> None:
+        session.say(text)
+
+
+@dataclass
+class TranscriptEntry:
+    speaker: str  # "customer", "ai", or an operator's name
+    text: str
+    at: float  # wall-clock time (epoch seconds)
+    interrupted: bool = False
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class EventSink(Protocol):
+    """Where session events go (the customer's data channel, operator subscribers)."""
+
+    def __call__(self, message: dict[str, Any]) -> None: ...
+
+
+class Session:
+    def __init__(
+        self,
+        stage: Stage,
+        speaker_factory: Callable[[Stage, Callable[[dict[str, Any]], None]], Speaker],
+        driver: Driver,
+        avatar: str,
+        session_id: str | None = None,
+    ) -> None:
+        self.id = session_id or uuid.uuid4().hex[:16]
+        self.avatar = avatar
+        self.stage = stage
+        self.driver = driver
+        self.created = time.time()
+        self.transcript: list[TranscriptEntry] = []
+        self._sinks: list[EventSink] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.speaker = speaker_factory(stage, self.emit)
+        self.speaker.on_line_done = self._line_done
+        self.closed = asyncio.Event()
+        self.last_customer_text: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self.speaker.start()
+
+    async def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.closed.set()
+        await self.speaker.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._sinks.clear()
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task owned by this session (cancelled and awaited on close)."""
+        task = asyncio.create_task(coro, name=f"{name}:{self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("session %s task %s failed", self.id, task.get_name(), exc_info=task.exception())
+
+    # -- events --------------------------------------------------------------------------
+    def add_sink(self, sink: EventSink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: EventSink) -> None:
+        with contextlib.suppress(ValueError):
+            self._sinks.remove(sink)
+
+    def emit(self, message: dict[str, Any]) -> None:
+        message.setdefault("session_id", self.id)
+        for sink in list(self._sinks):
+            try:
+                sink(message)
+            except Exception:
+                log.exception("session %s: event sink failed", self.id)
+
+    # -- speech ----------------------------------------------------------------------------
+    def say(self, text: str, interrupt: bool = False, lang: str | None = None, speaker: str = "ai") -> Line:
+        return self.speaker.say(text, lang=lang, interrupt=interrupt, speaker=speaker)
+
+    def interrupt(self) -> Line | None:
+        return self.speaker.interrupt()
+
+    @property
+    def state(self) -> str:
+        return self.speaker.state
+
+    def _line_done(self, line: Line) -> None:
+        text = line.heard_text() if line.interrupted else line.text
+        if line.interrupted and not text:
+            return  # cut before a word was heard
+        self.transcript.append(
+            TranscriptEntry(speaker=line.speaker, text=text, at=time.time(), interrupted=line.interrupted)
+        )
+
+    # -- the customer ------------------------------------------------------------------
+    async def customer_text(self, text: str) -> None:
+        """A line typed (or, later, spoken) by the customer: record it, hand it to the driver."""
+        self.last_customer_text = text
+        self.transcript.append(TranscriptEntry(speaker="customer", text=text, at=time.time()))
+        self.emit({"type": "transcript", "speaker": "customer", "text": text, "final": True})
+        await self.driver.on_customer_text(self, text)
+
+    def handle_message(self, raw: str | bytes) -> None:
+        """A message from the customer's ``events`` data channel. Bad messages get an ``error``
+        event back; they never raise."""
+        try:
+            message = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            self.emit({"type": "error", "message": "messages must be JSON objects"})
+            return
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.emit({"type": "error", "message": "messages need a string 'type'"})
+            return
+        kind = message["type"]
+        if kind == "text":
+            text = message.get("text")
+            if not isinstance(text, str) or not text.strip():
+                self.emit({"type": "error", "message": "'text' must be a non-empty string"})
+                return
+            if len(text) > MAX_TEXT_CHARS:
+                self.emit({"type": "error", "message": f"'text' is longer than {MAX_TEXT_CHARS} characters"})
+                return
+            self.spawn(self.customer_text(text.strip()), "customer-text")
+        elif kind == "ping":
+            self.emit({"type": "pong"})
+        else:
+            self.emit({"type": "error", "message": f"unknown message type {kind!r}"})
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "avatar": self.avatar,
+            "state": self.state,
+            "driver": self.driver.name,
+            "created": self.created,
+            "last_customer_text": self.last_customer_text,
+        }
+
+
+class TTSSpeechSource:
+    """Adapts the TTS registry to the speaker: picks the avatar's voice for the text's language."""
+
+    def __init__(self, registry: Any, avatar: str, default_lang: str) -> None:
+        self.registry = registry
+        self.avatar = avatar
+        self.default_lang = default_lang
+
+    async def stream(self, text: str, lang: str | None) -> AsyncIterator[SpeechChunk]:
+        from avatar.speech.lang import detect_lang
+        from avatar.speech.tts.stream import speak_stream
+
+        lang = lang or detect_lang(text) or self.default_lang
+        voice = self.registry.voice_for(self.avatar, lang)
+        async for chunk in speak_stream(self.registry, text, voice):
+            yield chunk

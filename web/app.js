@@ -1,0 +1,218 @@
+// The customer's video call page: WebRTC to the avatar server, captions with the word
+// being spoken highlighted, typed questions, and the microphone (voice turns, barge-in).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    start: $("start"), overlay: $("start-overlay"), video: $("video"), audio: $("audio"),
+    captions: $("captions"), live: $("live-transcript"), message: $("message"), state: $("state"),
+    form: $("composer"), text: $("text"), send: $("send"), mic: $("mic"), hangup: $("hangup"),
+    avatar: $("avatar-select"), dot: $("live-dot"),
+  };
+  const STATE_LABELS = { idle: "", speaking: "Speaking · 正在说话", listening: "Listening · 正在聆听", thinking: "Thinking · 思考中" };
+  // Observable state for people debugging and for the end-to-end tests.
+  const client = window.avatarClient = {
+    sessionId: null, connected: false, captions: [], states: [], errors: [], transcripts: [], pc: null, channel: null,
+  };
+  let pc = null, channel = null, micTrack = null, captionTimers = [];
+
+  function showMessage(text, kind = "error") {
+    ui.message.textContent = text;
+    ui.message.className = "message" + (kind === "info" ? " info" : "");
+    ui.message.hidden = !text;
+  }
+
+  async function loadAvatars() {
+    try {
+      const res = await fetch("/api/avatars");
+      const data = await res.json();
+      const wanted = new URLSearchParams(location.search).get("avatar") || data.default;
+      for (const a of data.avatars) {
+        const opt = document.createElement("option");
+        opt.value = a.name; opt.textContent = a.title || a.name;
+        if (a.name === wanted) opt.selected = true;
+        ui.avatar.appendChild(opt);
+      }
+    } catch (e) { /* the call still works with the server's default avatar */ }
+  }
+
+  async function getMicrophone() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) return null;
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+      });
+      return stream.getAudioTracks()[0] || null;
+    } catch (e) {
+      showMessage("Microphone unavailable: you can still type your questions. 麦克风不可用，您仍可输入文字。", "info");
+      return null;
+    }
+  }
+
+  function waitForIceGathering(peer) {
+    if (peer.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      const check = () => { if (peer.iceGatheringState === "complete") { peer.removeEventListener("icegatheringstatechange", check); resolve(); } };
+      peer.addEventListener("icegatheringstatechange", check);
+      setTimeout(resolve, 3000);  // don't wait forever for an unreachable STUN/TURN server
+    });
+  }
+
+  async function start() {
+    ui.start.disabled = true;
+    showMessage("");
+    try {
+      const config = await (await fetch("/api/config")).json();
+      pc = client.pc = new RTCPeerConnection({ iceServers: config.iceServers || [], bundlePolicy: "max-bundle" });
+      micTrack = await getMicrophone();
+      if (micTrack) pc.addTransceiver(micTrack, { direction: "sendrecv" });
+      else pc.addTransceiver("audio", { direction: "recvonly" });
+      pc.addTransceiver("video", { direction: "recvonly" });
+      const stream = new MediaStream();
+      pc.ontrack = (ev) => {
+        stream.addTrack(ev.track);
+        if (ev.track.kind === "video") { ui.video.srcObject = stream; }
+        else { ui.audio.srcObject = new MediaStream([ev.track]); }
+      };
+      pc.onconnectionstatechange = () => {
+        const s = pc.connectionState;
+        client.connected = s === "connected";
+        ui.dot.classList.toggle("live", client.connected);
+        if (s === "failed") fail("The connection failed. Check your network and try again. 连接失败，请检查网络后重试。");
+        if (s === "disconnected") showMessage("Connection unstable, reconnecting… 网络不稳定，正在重连…", "info");
+        if (s === "connected") showMessage("");
+      };
+      channel = client.channel = pc.createDataChannel("events");
+      channel.onmessage = (ev) => onEvent(JSON.parse(ev.data));
+      channel.onopen = () => setComposer(true);
+      channel.onclose = () => setComposer(false);
+
+      await pc.setLocalDescription(await pc.createOffer());
+      await waitForIceGathering(pc);
+      const res = await fetch("/api/offer", {
+        method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, avatar: ui.avatar.value || undefined }),
+      });
+      const answer = await res.json().catch(() => ({}));
+      if (res.status === 503) throw new Error("All our assistants are busy right now. Please try again in a minute. 当前咨询人数较多，请稍后再试。");
+      if (!res.ok) throw new Error(answer.error || `The server refused the call (HTTP ${res.status}).`);
+      client.sessionId = answer.session_id;
+      await pc.setRemoteDescription({ sdp: answer.sdp, type: answer.type });
+      ui.overlay.hidden = true;
+      ui.hangup.disabled = false;
+      ui.video.play().catch(() => {});
+      ui.audio.play().catch(() => {});
+    } catch (e) {
+      fail(e.message || String(e));
+    }
+  }
+
+  function fail(text) {
+    client.errors.push(text);
+    showMessage(text);
+    hangup(false);
+  }
+
+  function hangup(clearMessage = true) {
+    captionTimers.forEach(clearTimeout); captionTimers = [];
+    if (micTrack) { micTrack.stop(); micTrack = null; }
+    if (pc) { pc.close(); pc = client.pc = null; }
+    channel = client.channel = null;
+    client.connected = false;
+    ui.dot.classList.remove("live");
+    setComposer(false);
+    ui.hangup.disabled = true;
+    ui.overlay.hidden = false;
+    ui.start.disabled = false;
+    ui.state.textContent = "";
+    if (clearMessage) showMessage("");
+  }
+
+  function setComposer(on) {
+    ui.text.disabled = ui.send.disabled = !on;
+    ui.mic.disabled = !on || !micTrack;
+  }
+
+  function onEvent(msg) {
+    switch (msg.type) {
+      case "caption": showCaption(msg); break;
+      case "state":
+        client.states.push(msg.state);
+        ui.state.textContent = STATE_LABELS[msg.state] ?? msg.state;
+        break;
+      case "transcript":
+        client.transcripts.push(msg);
+        if (msg.speaker === "customer") {
+          ui.live.textContent = msg.final ? "" : msg.text;
+          if (msg.final) showCustomerLine(msg.text);
+        }
+        break;
+      case "error": client.errors.push(msg.message); showMessage(msg.message); break;
+      default: break;
+    }
+  }
+
+  function showCustomerLine(text) {
+    ui.captions.innerHTML = "";
+    const p = document.createElement("div");
+    p.className = "from-customer";
+    p.textContent = "You · 您: " + text;
+    ui.captions.appendChild(p);
+  }
+
+  // Words are highlighted on the page's own timer from the moment the caption arrives
+  // (the server sends it when the sentence starts playing), delayed by the receive buffer.
+  function showCaption(msg) {
+    client.captions.push(msg);
+    captionTimers.forEach(clearTimeout); captionTimers = [];
+    ui.captions.innerHTML = "";
+    const sep = msg.lang === "zh" ? "" : " ";
+    const spans = [];
+    if (!msg.words || msg.words.length === 0) {
+      const s = document.createElement("span"); s.className = "w spoken"; s.textContent = msg.text;
+      ui.captions.appendChild(s);
+      return;
+    }
+    msg.words.forEach((w, i) => {
+      const s = document.createElement("span");
+      s.className = "w future"; s.textContent = w.text;
+      ui.captions.appendChild(s);
+      if (i < msg.words.length - 1 && sep) ui.captions.appendChild(document.createTextNode(sep));
+      spans.push(s);
+    });
+    const delayMs = playoutDelayMs();
+    msg.words.forEach((w, i) => {
+      captionTimers.push(setTimeout(() => {
+        spans.forEach((s, j) => { s.className = "w " + (j < i ? "spoken" : j === i ? "current" : "future"); });
+      }, w.start * 1000 + delayMs));
+    });
+    captionTimers.push(setTimeout(() => spans.forEach((s) => { s.className = "w spoken"; }), msg.duration * 1000 + delayMs));
+  }
+
+  function playoutDelayMs() {
+    try {
+      const r = pc && pc.getReceivers().find((x) => x.track && x.track.kind === "audio");
+      return r && r.jitterBufferTarget ? r.jitterBufferTarget : 80;
+    } catch (e) { return 80; }
+  }
+
+  ui.form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    const text = ui.text.value.trim();
+    if (!text || !channel || channel.readyState !== "open") return;
+    channel.send(JSON.stringify({ type: "text", text }));
+    ui.text.value = "";
+  });
+  ui.mic.addEventListener("click", () => {
+    if (!micTrack) return;
+    micTrack.enabled = !micTrack.enabled;
+    ui.mic.setAttribute("aria-pressed", String(!micTrack.enabled));
+    ui.mic.title = micTrack.enabled ? "Mute microphone" : "Unmute microphone";
+    ui.mic.textContent = micTrack.enabled ? "🎤" : "🔇";
+  });
+  ui.start.addEventListener("click", start);
+  ui.hangup.addEventListener("click", () => hangup());
+  window.addEventListener("pagehide", () => { if (pc) pc.close(); });
+  loadAvatars();
+})();
