@@ -24,7 +24,7 @@ class PlainRenderer:
     def render(self, state: FaceState) -> np.ndarray:
         self.states.append(state)
         frame = np.zeros((self.height, self.width, 3), np.uint8)
-        frame[:, :, 0] = int(round(state.mouth.open * 255))
+        frame[:, :, 0] = round(state.mouth.open * 255)
         return frame
 
     def render_rgba(self, state: FaceState) -> np.ndarray:

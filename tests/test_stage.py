@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def test_resampling_keeps_duration() -> None:
 
 
 def test_schedule_places_segments_back_to_back() -> None:
-    fake, stage = make_stage()
+    _fake, stage = make_stage()
     a = stage.schedule(tone_chunk(seconds=0.5), RampMouth(0.5))
     b = stage.schedule(tone_chunk(seconds=0.25), RampMouth(0.25))
     assert a.start == int(SCHEDULE_LEAD * AUDIO_RATE)
@@ -96,9 +97,9 @@ async def test_tracks_share_one_clock_with_monotonic_pts() -> None:
     tasks = asyncio.gather(pull_audio(), pull_video())
     await fake.run_for(1.1)
     await asyncio.wait_for(tasks, 5)
-    assert all(b - a == AUDIO_FRAME_SAMPLES for a, b in zip(audio_pts, audio_pts[1:], strict=False))
+    assert all(b - a == AUDIO_FRAME_SAMPLES for a, b in itertools.pairwise(audio_pts))
     pts = [p for p, _ in video_pts]
-    assert all(b - a == VIDEO_CLOCK_RATE // 25 for a, b in zip(pts, pts[1:], strict=False))
+    assert all(b - a == VIDEO_CLOCK_RATE // 25 for a, b in itertools.pairwise(pts))
     # Both tracks count from the same origin: each frame leaves when the clock reaches its pts.
     assert audio_pts[0] == 0 and pts[0] == 0
     for p, sent_at in video_pts:
@@ -108,7 +109,7 @@ async def test_tracks_share_one_clock_with_monotonic_pts() -> None:
 
 
 async def test_video_frame_mouth_matches_audio_at_same_clock_time() -> None:
-    fake, stage = make_stage(fps=25)
+    _fake, stage = make_stage(fps=25)
     seg = stage.schedule(tone_chunk(seconds=1.0), RampMouth(1.0))
     renderer = stage.renderer
     assert isinstance(renderer, PlainRenderer)
