@@ -18,6 +18,7 @@ from collections.abc import Sequence
 COMMAND_MODULES: tuple[str, ...] = (
     "avatar.server.cli",
     "avatar.render.cli",
+    "avatar.avatars_cli",
 )
 
 

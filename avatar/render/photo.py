@@ -41,9 +41,9 @@ JAW_SHARE = 0.72
 MOUTH_CACHE = 256
 EYE_CACHE = 64
 # Quantisation steps of the cached parameters.
-_Q_OPEN = 40
-_Q_SHAPE = 10
-_Q_LID = 24
+_Q_OPEN = 24
+_Q_SHAPE = 6
+_Q_LID = 16
 # Head motion limits (a photo cannot really turn, so large angles are clamped).
 MAX_YAW = 20.0
 MAX_PITCH = 15.0
@@ -65,6 +65,23 @@ def _taper(u: np.ndarray, power: float = 0.6) -> np.ndarray:
     return np.power(np.clip(1.0 - u * u, 0.0, 1.0), power)
 
 
+def _inv3(m: np.ndarray) -> np.ndarray:
+    """Inverses of a stack of 3x3 matrices (closed form: numpy's batched inv is slow for tiny ones)."""
+    a, b, c = m[:, 0, 0], m[:, 0, 1], m[:, 0, 2]
+    d, e, f = m[:, 1, 0], m[:, 1, 1], m[:, 1, 2]
+    g, h, i = m[:, 2, 0], m[:, 2, 1], m[:, 2, 2]
+    co = np.stack(
+        [
+            np.stack([e * i - f * h, c * h - b * i, b * f - c * e], axis=-1),
+            np.stack([f * g - d * i, a * i - c * g, c * d - a * f], axis=-1),
+            np.stack([d * h - e * g, b * g - a * h, a * e - b * d], axis=-1),
+        ],
+        axis=1,
+    )
+    det = a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+    return np.asarray(co / det[:, None, None])
+
+
 @dataclass
 class _Region:
     """A warpable part of the face: its triangles, ROI and per-parameter displacement bases."""
@@ -78,6 +95,7 @@ class _Region:
     rest: np.ndarray  # (V, 2) positions the bases are added to (the mouth closed)
     tris: np.ndarray  # (T, 3) indices into vids
     bases: dict[str, np.ndarray]  # name -> (V, 2) px per unit parameter
+    grid: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # ROI pixel x, y (float64)
 
     def local(self, vid: int | tuple[int, ...]) -> np.ndarray:
         """Indices into this region's arrays of global vertex ids."""
@@ -211,7 +229,8 @@ class PhotoAvatar:
         hi = np.ceil(src.max(axis=0) + margin).astype(int)
         x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
         x1, y1 = min(self.width, int(hi[0])), min(self.height, int(hi[1]))
-        return _Region(x0, y0, x1, y1, vids, src, r, local_tris.astype(np.int32), local_bases)
+        ys, xs = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float64)
+        return _Region(x0, y0, x1, y1, vids, src, r, local_tris.astype(np.int32), local_bases, (xs, ys))
 
     def _build_mouth_region(self) -> _Region:
         p = self._v
@@ -394,9 +413,9 @@ class PhotoAvatar:
         D = self._eye_distance
         oval = p[list(T.FACE_OVAL)]
         centre = oval.mean(axis=0) - self._ey * 0.25 * D  # hair sits above the face outline
-        self._pivot = p[T.CHIN] + self._ey * 0.5 * D  # the head turns about the neck
-        ax, ay = 1.45 * D, 1.75 * D
-        feather = 0.9 * D
+        self._pivot = p[T.CHIN] + self._ey * 0.2 * D  # the head tilts about the top of the neck
+        ax, ay = 1.35 * D, 1.7 * D
+        feather = 0.7 * D
         x0 = int(max(0, math.floor(centre[0] - ax - feather)))
         x1 = int(min(self.width, math.ceil(centre[0] + ax + feather)))
         y0 = int(max(0, math.floor(centre[1] - ay - feather)))
@@ -408,11 +427,27 @@ class PhotoAvatar:
         r = np.hypot(u / ax, v / ay)
         dist_out = np.maximum(r - 1.0, 0.0) * min(ax, ay)
         weight = 1.0 - _smoothstep(0.0, feather, dist_out)
+        # The background moves less than the person (a blurred matte keeps the map smooth), so
+        # a turning head does not drag the room with it.
+        person = cv2.GaussianBlur(self._matte, (0, 0), 0.25 * D)[y0:y1, x0:x1].astype(np.float64)
+        weight *= 0.35 + 0.65 * person
         # Exactly zero at the ROI border, so pasting the remapped ROI back leaves no edge.
         weight[0, :] = weight[-1, :] = 0.0
         weight[:, 0] = weight[:, -1] = 0.0
         self._head_roi = (x0, y0, x1, y1)
-        self._head_w = weight.astype(np.float32)
+        # The displacement is smooth, so it is computed on a grid 4x coarser and interpolated.
+        step = 4
+        self._head_step = step
+        gw, gh = (x1 - x0 + step - 1) // step + 1, (y1 - y0 + step - 1) // step + 1
+        gy, gx = np.mgrid[0:gh, 0:gw].astype(np.float64) * step
+        self._head_gx = (gx + x0).astype(np.float32)
+        self._head_gy = (gy + y0).astype(np.float32)
+        gxi = np.clip(gx.astype(int), 0, x1 - x0 - 1)
+        gyi = np.clip(gy.astype(int), 0, y1 - y0 - 1)
+        grid_w = weight[gyi, gxi]
+        grid_w[gx > x1 - x0 - 1] = 0.0
+        grid_w[gy > y1 - y0 - 1] = 0.0
+        self._head_w = grid_w.astype(np.float32)
         self._head_xs = xs.astype(np.float32)
         self._head_ys = ys.astype(np.float32)
 
@@ -449,9 +484,11 @@ class PhotoAvatar:
             label[holes] = grown[holes]
             holes = (cover > 0) & (label < 0)
         dh = np.concatenate([tri_d.transpose(0, 2, 1), np.ones((len(tri_d), 1, 3))], axis=1)  # (T,3,3)
+        ok = area >= 0.5
+        dh[~ok] = np.eye(3)  # collapsed triangles are never looked up (see above)
         sh = tri_s.transpose(0, 2, 1)  # (T,2,3)
-        affine = sh @ np.linalg.pinv(dh)  # (T,2,3): src = A @ [x, y, 1]
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
+        affine = sh @ _inv3(dh)  # (T,2,3): src = A @ [x, y, 1]
+        xs, ys = region.grid
         mapx = xs.copy()
         mapy = ys.copy()
         inside = label >= 0
@@ -531,6 +568,17 @@ class PhotoAvatar:
         self, patch: np.ndarray, up: np.ndarray, lo: np.ndarray, mouth: MouthShape, gap: float, D: float
     ) -> None:
         """Paint the mouth interior (shadow, teeth, tongue) inside the parted inner lips."""
+        # Only the opening's bounding box is touched (painting the whole ROI costs 10x more).
+        pts = np.vstack([up, lo])
+        bx0 = max(0, int(math.floor(pts[:, 0].min())) - 3)
+        by0 = max(0, int(math.floor(pts[:, 1].min())) - 3)
+        bx1 = min(patch.shape[1], int(math.ceil(pts[:, 0].max())) + 4)
+        by1 = min(patch.shape[0], int(math.ceil(pts[:, 1].max())) + 4)
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        patch = patch[by0:by1, bx0:bx1]
+        up = up - (bx0, by0)
+        lo = lo - (bx0, by0)
         h, w = patch.shape[:2]
         ss = 4  # supersampling of the painted shapes, for anti-aliased edges
 
@@ -706,9 +754,10 @@ class PhotoAvatar:
         roll = max(-MAX_ROLL, min(MAX_ROLL, state.head_roll))
         D = self._eye_distance
         # A turn shows as a shift of the face with a slight squeeze; breathing lifts the head.
-        shift = self._ex * math.sin(math.radians(yaw)) * 0.45 * D - self._ey * (
-            math.sin(math.radians(pitch)) * 0.4 * D + state.breath * 0.02 * D
+        shift = self._ex * math.sin(math.radians(yaw)) * 0.3 * D - self._ey * (
+            math.sin(math.radians(pitch)) * 0.3 * D + state.breath * 0.02 * D
         )
+        roll *= 0.7  # a flat photo rolled fully looks like a rotated picture, not a tilted head
         squeeze_x = 1.0 - 0.12 * abs(math.sin(math.radians(yaw)))
         squeeze_y = 1.0 - 0.10 * abs(math.sin(math.radians(pitch)))
         if abs(shift[0]) < 0.05 and abs(shift[1]) < 0.05 and abs(roll) < 0.01:
@@ -725,13 +774,17 @@ class PhotoAvatar:
 
     def _apply_head(self, frame: np.ndarray, inv: np.ndarray, extra: np.ndarray | None = None) -> None:
         x0, y0, x1, y1 = self._head_roi
-        xs, ys, wgt = self._head_xs, self._head_ys, self._head_w
-        sx = inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2]
-        sy = inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2]
-        mapx = xs + wgt * (sx - xs)
-        mapy = ys + wgt * (sy - ys)
-        warped = cv2.remap(frame, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        frame[y0:y1, x0:x1] = warped
+        gx, gy, wgt = self._head_gx, self._head_gy, self._head_w
+        dx = wgt * ((inv[0, 0] - 1.0) * gx + inv[0, 1] * gy + inv[0, 2])
+        dy = wgt * (inv[1, 0] * gx + (inv[1, 1] - 1.0) * gy + inv[1, 2])
+        step = self._head_step
+        size = (dx.shape[1] - 1) * step + 1, (dx.shape[0] - 1) * step + 1
+        # Interpolate the coarse grid (corner-aligned) up to pixel resolution.
+        fine_dx = cv2.resize(dx, size, interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+        fine_dy = cv2.resize(dy, size, interpolation=cv2.INTER_LINEAR)[: y1 - y0, : x1 - x0]
+        mapx = self._head_xs + fine_dx
+        mapy = self._head_ys + fine_dy
+        frame[y0:y1, x0:x1] = cv2.remap(frame, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         if extra is not None:
             extra[y0:y1, x0:x1] = cv2.remap(extra, mapx, mapy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
