@@ -11,7 +11,10 @@ import json
 import os
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,27 @@ def _check_name(name: str) -> None:
         raise CliError(f"invalid avatar name {name!r}: use lower-case letters, digits, '-' and '_' (at most 64)")
 
 
+@contextmanager
+def _native_logs_silenced() -> Iterator[None]:
+    """Mute what mediapipe's C++ side writes straight to file descriptor 2 (TFLite and absl
+    start-up notices no user can act on); Python's own errors are reported after it."""
+    sys.stderr.flush()
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr: nothing to protect
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def _describe(path: Path) -> tuple[str, str]:
     """(kind, title) of an avatar directory, from its avatar.json or rig."""
     meta_file = path / "avatar.json"
@@ -89,16 +113,17 @@ def run_add(args: argparse.Namespace) -> int:
     settings = _settings(args)
     avatars_dir = settings.data_dir / "avatars"
     try:
-        info = build_photo_avatar(
-            args.photo,
-            avatars_dir,
-            args.name,
-            title=args.title,
-            source=args.source,
-            width=settings.width,
-            height=settings.height,
-            replace=args.replace,
-        )
+        with _native_logs_silenced():
+            info = build_photo_avatar(
+                args.photo,
+                avatars_dir,
+                args.name,
+                title=args.title,
+                source=args.source,
+                width=settings.width,
+                height=settings.height,
+                replace=args.replace,
+            )
     except PhotoAvatarError as exc:
         hint = " (use --replace to rebuild it)" if exc.reason == "exists" else ""
         raise CliError(f"{exc}{hint}") from exc

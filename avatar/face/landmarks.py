@@ -139,9 +139,9 @@ class FaceTracker:
         rgb = _as_rgb(image)
         h, w = rgb.shape[:2]
         cx, cy = box.center
-        side = int(round(2.0 * max(box.width, box.height)))
-        x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
-        crop = np.zeros((side, side, 3), np.uint8)
+        side = round(2.0 * max(box.width, box.height))
+        x0, y0 = round(cx - side / 2), round(cy - side / 2)
+        crop: np.ndarray = np.zeros((side, side, 3), np.uint8)
         sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
         if sx1 <= sx0 or sy1 <= sy0:
             return None
@@ -151,7 +151,7 @@ class FaceTracker:
             import cv2
 
             scale = side / 640.0
-            crop = cv2.resize(crop, (640, 640), interpolation=cv2.INTER_AREA)
+            crop = np.asarray(cv2.resize(crop, (640, 640), interpolation=cv2.INTER_AREA))
         faces = self.landmarks(crop)
         if not faces:
             return None

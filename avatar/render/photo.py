@@ -95,7 +95,8 @@ class _Region:
     rest: np.ndarray  # (V, 2) positions the bases are added to (the mouth closed)
     tris: np.ndarray  # (T, 3) indices into vids
     bases: dict[str, np.ndarray]  # name -> (V, 2) px per unit parameter
-    grid: tuple[np.ndarray, np.ndarray] = (np.zeros(0), np.zeros(0))  # ROI pixel x, y (float64)
+    grid: tuple[np.ndarray, np.ndarray]  # ROI pixel x, y (float64)
+    cover: np.ndarray  # bool: ROI pixels inside the region's triangles
 
     def local(self, vid: int | tuple[int, ...]) -> np.ndarray:
         """Indices into this region's arrays of global vertex ids."""
@@ -158,15 +159,15 @@ class PhotoAvatar:
         lips = np.zeros((h, w), np.uint8)
         outer = np.array([p[i] for i in T.LIPS_UPPER_OUTER] + [p[i] for i in reversed(T.LIPS_LOWER_OUTER)])
         inner = np.array([p[i] for i in T.LIPS_UPPER_INNER] + [p[i] for i in reversed(T.LIPS_LOWER_INNER)])
-        cv2.fillPoly(lips, [np.round(outer).astype(np.int32)], 255)
+        cv2.fillPoly(lips, [np.round(outer).astype(np.int32)], (255,))
         opening = np.zeros((h, w), np.uint8)
-        cv2.fillPoly(opening, [np.round(inner).astype(np.int32)], 255)
+        cv2.fillPoly(opening, [np.round(inner).astype(np.int32)], (255,))
         lip_px = self._base[(lips > 0) & (opening == 0)]
         self._lip_rgb = np.median(lip_px, axis=0) if len(lip_px) else np.array([170.0, 90.0, 85.0])
         cheek = np.zeros((h, w), np.uint8)
         for a, b in ((T.RIGHT_EYE_LOWER[4], T.MOUTH_CORNER_RIGHT), (T.LEFT_EYE_LOWER[4], T.MOUTH_CORNER_LEFT)):
             c = (p[a] * 0.45 + p[b] * 0.55).round().astype(int)
-            cv2.circle(cheek, (int(c[0]), int(c[1])), max(2, int(self._eye_distance * 0.06)), 255, -1)
+            cv2.circle(cheek, (int(c[0]), int(c[1])), max(2, int(self._eye_distance * 0.06)), (255,), -1)
         skin_px = self._base[cheek > 0]
         self._skin_rgb = np.median(skin_px, axis=0) if len(skin_px) else np.array([200.0, 160.0, 140.0])
         lid = np.zeros((h, w), np.uint8)
@@ -174,7 +175,7 @@ class PhotoAvatar:
             mid_lid = p[upper[len(upper) // 2]]
             mid_brow = p[brow[len(brow) // 2]]
             c = (mid_lid * 0.55 + mid_brow * 0.45).round().astype(int)
-            cv2.circle(lid, (int(c[0]), int(c[1])), max(1, int(self._eye_distance * 0.025)), 255, -1)
+            cv2.circle(lid, (int(c[0]), int(c[1])), max(1, int(self._eye_distance * 0.025)), (255,), -1)
         lid_px = self._base[lid > 0]
         self._lid_rgb = np.median(lid_px, axis=0).astype(np.float32) if len(lid_px) else self._skin_rgb.astype(np.float32)
         lum = float(self._skin_rgb @ np.array([0.299, 0.587, 0.114]))
@@ -201,9 +202,9 @@ class PhotoAvatar:
             return
         p = self._v
         inner = np.array([p[i] for i in T.LIPS_UPPER_INNER] + [p[i] for i in reversed(T.LIPS_LOWER_INNER)])
-        mask = np.zeros((self.height, self.width), np.uint8)
-        cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], 255)
-        grow = max(1, int(round(0.03 * self._eye_distance)))
+        mask: np.ndarray = np.zeros((self.height, self.width), np.uint8)
+        cv2.fillPoly(mask, [np.round(inner).astype(np.int32)], (255,))
+        grow = max(1, round(0.03 * self._eye_distance))
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
         self._base = cv2.inpaint(self._base, mask, max(2.0, grow * 2.0), cv2.INPAINT_TELEA)
 
@@ -230,7 +231,13 @@ class PhotoAvatar:
         x0, y0 = max(0, int(lo[0])), max(0, int(lo[1]))
         x1, y1 = min(self.width, int(hi[0])), min(self.height, int(hi[1]))
         ys, xs = np.mgrid[0 : y1 - y0, 0 : x1 - x0].astype(np.float64)
-        return _Region(x0, y0, x1, y1, vids, src, r, local_tris.astype(np.int32), local_bases, (xs, ys))
+        # Outside its triangles a region's warp is the identity: only the covered pixels are
+        # pasted, so overlapping ROIs (mouth and eyes) never undo each other's work.
+        painted = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        for tri in np.round((src[local_tris] - (x0, y0)) * 16.0).astype(np.int32):
+            cv2.fillConvexPoly(painted, tri, (1,), lineType=cv2.LINE_8, shift=4)
+        cover = np.asarray(cv2.dilate(painted, np.ones((3, 3), np.uint8))) > 0
+        return _Region(x0, y0, x1, y1, vids, src, r, local_tris.astype(np.int32), local_bases, (xs, ys), cover)
 
     def _build_mouth_region(self) -> _Region:
         p = self._v
@@ -257,9 +264,10 @@ class PhotoAvatar:
         window[is_ring] = 0.0
 
         def vec(dx: np.ndarray | float, dy: np.ndarray | float) -> np.ndarray:
-            return np.outer(np.broadcast_to(dx, (1,)) if np.isscalar(dx) else dx, ex) + np.outer(
-                np.broadcast_to(dy, (1,)) if np.isscalar(dy) else dy, ey
-            )
+            """Displacements from components along the face's x (eye line) and y axes."""
+            along = np.atleast_1d(np.asarray(dx, dtype=np.float64))
+            down = np.atleast_1d(np.asarray(dy, dtype=np.float64))
+            return np.asarray(np.outer(along, ex) + np.outer(down, ey))
 
         zeros = np.zeros((n, 2))
         b_open, b_width, b_round, b_press, b_tuck, b_smile = (zeros.copy() for _ in range(6))
@@ -321,10 +329,10 @@ class PhotoAvatar:
         self._photo_gap = gap0
         rest = p - gap0 * b_open
         inner_pairs = [(a, b) for a, b in zip(T.LIPS_UPPER_INNER[1:-1], T.LIPS_LOWER_INNER[1:-1], strict=True)]
-        for a, b in inner_pairs:
-            meet = p[a] + (p[b] - p[a]) * (1.0 - JAW_SHARE)
-            rest[a] = meet
-            rest[b] = meet
+        for up_id, lo_id in inner_pairs:
+            meet = p[up_id] + (p[lo_id] - p[up_id]) * (1.0 - JAW_SHARE)
+            rest[up_id] = meet
+            rest[lo_id] = meet
 
         moving = np.zeros(n, bool)
         for b in bases.values():
@@ -403,8 +411,8 @@ class PhotoAvatar:
         b_brow[is_ring] = 0.0
         bases["brow"] = b_brow
         moving = np.zeros(n, bool)
-        for b in bases.values():
-            moving |= np.abs(b).sum(axis=1) > 1e-6
+        for basis in bases.values():
+            moving |= np.abs(basis).sum(axis=1) > 1e-6
         return self._region(moving, bases, p.copy(), 0.1 * D)
 
     def _build_head_motion(self) -> None:
@@ -473,9 +481,9 @@ class PhotoAvatar:
             if area[t] < 0.5:
                 # A collapsed triangle (closed lips or lids) has no affine inverse: leave its
                 # pixels to the neighbours, filled in below.
-                cv2.fillConvexPoly(cover, fixed[t], 1, lineType=cv2.LINE_8, shift=4)
+                cv2.fillConvexPoly(cover, fixed[t], (1,), lineType=cv2.LINE_8, shift=4)
                 continue
-            cv2.fillConvexPoly(label, fixed[t], int(t), lineType=cv2.LINE_8, shift=4)
+            cv2.fillConvexPoly(label, fixed[t], (int(t),), lineType=cv2.LINE_8, shift=4)
         holes = (cover > 0) & (label < 0)
         for _ in range(4):
             if not holes.any():
@@ -551,14 +559,13 @@ class PhotoAvatar:
         h, w = patch.shape[:2]
         ss = 4
         mask = np.zeros((h * ss, w * ss), np.uint8)
-        thickness = max(1, int(round(0.01 * self._eye_distance * ss)))
+        thickness = max(1, round(0.01 * self._eye_distance * ss))
         pts = np.round(line * ss * 8.0).astype(np.int32)
         n = len(pts)
         for i in range(n - 1):  # fainter towards the corners, where the lips fold into the cheek
             level = int(255 * min(1.0, 0.35 + 0.65 * math.sin(math.pi * (i + 0.5) / (n - 1))))
-            cv2.line(mask, tuple(map(int, pts[i])), tuple(map(int, pts[i + 1])), level, thickness, cv2.LINE_AA, 3)
-        m = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        m = cv2.GaussianBlur(m, (0, 0), 0.6)
+            cv2.line(mask, (int(pts[i][0]), int(pts[i][1])), (int(pts[i + 1][0]), int(pts[i + 1][1])), (level,), thickness, cv2.LINE_AA, 3)
+        m = np.asarray(cv2.GaussianBlur(cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA), (0, 0), 0.6), np.float32) / 255.0
         alpha = (m * 0.6 * strength)[..., None]
         dark = self._lip_rgb.astype(np.float32) * 0.5
         out = patch.astype(np.float32) * (1.0 - alpha) + dark * alpha
@@ -570,10 +577,10 @@ class PhotoAvatar:
         """Paint the mouth interior (shadow, teeth, tongue) inside the parted inner lips."""
         # Only the opening's bounding box is touched (painting the whole ROI costs 10x more).
         pts = np.vstack([up, lo])
-        bx0 = max(0, int(math.floor(pts[:, 0].min())) - 3)
-        by0 = max(0, int(math.floor(pts[:, 1].min())) - 3)
-        bx1 = min(patch.shape[1], int(math.ceil(pts[:, 0].max())) + 4)
-        by1 = min(patch.shape[0], int(math.ceil(pts[:, 1].max())) + 4)
+        bx0 = max(0, math.floor(pts[:, 0].min()) - 3)
+        by0 = max(0, math.floor(pts[:, 1].min()) - 3)
+        bx1 = min(patch.shape[1], math.ceil(pts[:, 0].max()) + 4)
+        by1 = min(patch.shape[0], math.ceil(pts[:, 1].max()) + 4)
         if bx1 <= bx0 or by1 <= by0:
             return
         patch = patch[by0:by1, bx0:bx1]
@@ -587,7 +594,7 @@ class PhotoAvatar:
 
         def mask_of(points: np.ndarray) -> np.ndarray:
             m = np.zeros((h * ss, w * ss), np.uint8)
-            cv2.fillPoly(m, [np.round(points * ss * 8.0).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=3)
+            cv2.fillPoly(m, [np.round(points * ss * 8.0).astype(np.int32)], (255,), lineType=cv2.LINE_AA, shift=3)
             return cv2.resize(m, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
         opening = np.vstack([up, lo[::-1]])
@@ -620,15 +627,15 @@ class PhotoAvatar:
         angle = math.degrees(math.atan2(ex[1], ex[0]))
         cv2.ellipse(
             m_tongue,
-            (int(round(t_centre[0] * ss * 8)), int(round(t_centre[1] * ss * 8))),
-            (int(round(t_axes[0] * ss * 8)), int(round(t_axes[1] * ss * 8))),
-            angle, 180, 360, 255, -1, cv2.LINE_AA, 3,
+            (round(t_centre[0] * ss * 8), round(t_centre[1] * ss * 8)),
+            (round(t_axes[0] * ss * 8), round(t_axes[1] * ss * 8)),
+            angle, 180, 360, (255,), -1, cv2.LINE_AA, 3,
         )  # fmt: skip
         cv2.ellipse(
             m_tongue,
-            (int(round(t_centre[0] * ss * 8)), int(round(t_centre[1] * ss * 8))),
-            (int(round(t_axes[0] * ss * 8)), int(round(gap * 0.8 * ss * 8))),
-            angle, 0, 180, 255, -1, cv2.LINE_AA, 3,
+            (round(t_centre[0] * ss * 8), round(t_centre[1] * ss * 8)),
+            (round(t_axes[0] * ss * 8), round(gap * 0.8 * ss * 8)),
+            angle, 0, 180, (255,), -1, cv2.LINE_AA, 3,
         )  # fmt: skip
         m_t = cv2.resize(m_tongue, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         tongue_shade = (0.55 + 0.45 * np.clip((ys - (t_centre[1] - t_axes[1])) / max(2.0 * t_axes[1], 1.0), 0.0, 1.0))[..., None]
@@ -707,9 +714,9 @@ class PhotoAvatar:
         ss = 4
         mask = np.zeros((h * ss, w * ss), np.uint8)
         poly = np.vstack([top, lash[::-1]])
-        cv2.fillPoly(mask, [np.round(poly * ss * 8.0).astype(np.int32)], 255, lineType=cv2.LINE_AA, shift=3)
-        m = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        m = cv2.GaussianBlur(m, (0, 0), max(0.6, 0.012 * D))
+        cv2.fillPoly(mask, [np.round(poly * ss * 8.0).astype(np.int32)], (255,), lineType=cv2.LINE_AA, shift=3)
+        sharp = np.asarray(cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA), np.float32) / 255.0
+        m = np.asarray(cv2.GaussianBlur(sharp, (0, 0), max(0.6, 0.012 * D)))
         if m.max() <= 0.0:
             return
         # Lid colour: the skin of the photo's own lid, a little darker towards the lashes.
@@ -725,7 +732,7 @@ class PhotoAvatar:
 
     @staticmethod
     def _q(value: float, steps: int, lo: float = 0.0, hi: float = 1.0) -> int:
-        return int(round(min(hi, max(lo, value)) * steps))
+        return round(min(hi, max(lo, value)) * steps)
 
     def _face(self, state: FaceState) -> np.ndarray:
         """The frame without head motion: the base with the mouth and eye patches pasted in."""
@@ -737,14 +744,14 @@ class PhotoAvatar:
             self._q(m.teeth, _Q_SHAPE), self._q(state.smile, _Q_SHAPE),
         )  # fmt: skip
         reg = self._mouth
-        frame[reg.y0 : reg.y1, reg.x0 : reg.x1] = self._mouth_patch(key)
+        np.copyto(frame[reg.y0 : reg.y1, reg.x0 : reg.x1], self._mouth_patch(key), where=reg.cover[..., None])
         eye_key = (
             self._q(state.eye_close_left, _Q_LID), self._q(state.eye_close_right, _Q_LID),
             self._q(state.brow, _Q_SHAPE, -1.0),
         )  # fmt: skip
         if eye_key != (0, 0, 0):
             reg = self._eyes
-            frame[reg.y0 : reg.y1, reg.x0 : reg.x1] = self._eye_patch(eye_key)
+            np.copyto(frame[reg.y0 : reg.y1, reg.x0 : reg.x1], self._eye_patch(eye_key), where=reg.cover[..., None])
         return frame
 
     def _head_affine(self, state: FaceState) -> np.ndarray | None:
@@ -859,13 +866,13 @@ def load_photo_avatar(path: Path, width: int, height: int) -> PhotoAvatar:
     image = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB)
     ch, cw = image.shape[:2]
     matte_path = path / str(meta.get("matte", "matte.png"))
-    matte = (
+    matte: np.ndarray = (
         _read_image(matte_path, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
         if matte_path.exists()
         else np.ones((ch, cw), np.float32)
     )
     if matte.shape != (ch, cw):
-        matte = cv2.resize(matte, (cw, ch), interpolation=cv2.INTER_LINEAR)
+        matte = np.asarray(cv2.resize(matte, (cw, ch), interpolation=cv2.INTER_LINEAR))
     mesh_file = path / str(meta.get("mesh", "mesh.json"))
     mesh = _read_json(mesh_file)
     try:

@@ -199,8 +199,8 @@ def frame_portrait(
             fraction = FRAME_EYE_DISTANCE_MAX
     cw, ch = crop_size(fraction)
     scale = min(1.0, MAX_CROP_SIDE / max(cw, ch))
-    out_w = max(2, int(round(cw * scale)))
-    out_h = max(2, int(round(out_w / aspect)))
+    out_w = max(2, round(cw * scale))
+    out_h = max(2, round(out_w / aspect))
     src = corners(fraction)[[0, 1, 3]].astype(np.float32)
     dst = np.array([[0, 0], [out_w, 0], [0, out_h]], dtype=np.float32)
     affine = cv2.getAffineTransform(src, dst)
@@ -218,11 +218,12 @@ def tessellation_triangles() -> list[tuple[int, int, int]]:
     for a, b in edges:
         adjacent.setdefault(a, set()).add(b)
         adjacent.setdefault(b, set()).add(a)
-    triangles = set()
+    triangles: set[tuple[int, int, int]] = set()
     for a, b in edges:
         for c in adjacent[a] & adjacent[b]:
-            triangles.add(tuple(sorted((a, b, c))))
-    return sorted(triangles)  # type: ignore[arg-type]
+            i, j, k = sorted((a, b, c))
+            triangles.add((i, j, k))
+    return sorted(triangles)
 
 
 def _strip(upper: tuple[int, ...], lower: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -301,7 +302,7 @@ def build_photo_avatar(
         points = refound[0].points[:, :2].astype(np.float64)
     else:
         mapped = np.hstack([face.points[:, :2].astype(np.float64), np.ones((face.points.shape[0], 1))])
-        points = mapped @ affine.T.astype(np.float64)
+        points = np.asarray(mapped @ affine.T.astype(np.float64))
     matte = tracker.person_matte(crop)
 
     vertices, triangles = build_mesh(points)
@@ -329,7 +330,7 @@ def build_photo_avatar(
             "roll": round(roll, 1),
             "padded": padded,
         },
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
     avatars_dir.mkdir(parents=True, exist_ok=True)
