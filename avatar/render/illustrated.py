@@ -208,54 +208,105 @@ class _Placement:
         return _Rect(ix0, iy0, max(1, ix1 - ix0), max(1, iy1 - iy0))
 
 
-class IllustratedRenderer:
-    """Renders one rig at one output size (both even). See the module docstring for the method.
+@dataclass(frozen=True, eq=False)
+class IllustratedArt:
+    """Everything about one rig at one output size that never changes: the background and the
+    layers drawn once (supersampled), where the features live and their colours. Nothing in it
+    is ever modified, so renderers (and threads) may share one; building it takes a fraction of
+    a second, which is why the catalogue keeps it."""
 
-    Instances cache sprites and poses: use one per stage, from one thread at a time."""
+    rig: Rig
+    width: int
+    height: int
+    supersample: int
+    place: _Placement
+    background: np.ndarray
+    layers: tuple[_LayerArt, ...]
+    last_body: int  # index in ``layers`` of the last body-following layer, -1 if none
+    eye_rects: tuple[_Rect, _Rect]  # viewer's left, viewer's right
+    brow_rects: tuple[_Rect, _Rect]
+    mouth_rect: _Rect
+    eye_colors: tuple[_EyeColors, _EyeColors]
+    mouth_colors: _MouthColors
 
-    def __init__(self, rig: Rig, width: int = 512, height: int = 512, *, supersample: int = 4) -> None:
+    @classmethod
+    def prepare(cls, rig: Rig, width: int = 512, height: int = 512, supersample: int = 4) -> IllustratedArt:
+        """Draw the rig's static art for a ``width`` x ``height`` output (both even, 64 .. 4096).
+        Raises ``ValueError`` for a bad size."""
         for label, value in (("width", width), ("height", height)):
             if value < 64 or value > 4096 or value % 2:
                 raise ValueError(f"{label} must be an even number of pixels in 64 .. 4096, got {value}")
         if supersample not in (1, 2, 3, 4, 5, 6):
             raise ValueError(f"supersample must be 1 .. 6, got {supersample}")
+        place = _Placement(width, height)
+        margin = max(8, round(0.06 * place.scale))
+        limit = _Rect(-margin, -margin, width + 2 * margin, height + 2 * margin)
+        layers: list[_LayerArt] = []
+        canvases: list[tuple[Layer, np.ndarray, _Rect]] = []
+        for layer in rig.layers:
+            drawn = _draw_layer(layer, place, supersample, limit)
+            if drawn is None:
+                continue
+            sprite, canvas, rect = drawn
+            sprite.rgba.flags.writeable = False
+            layers.append(_LayerArt(layer, sprite))
+            if layer.follows == "head" and not layer.above_features:
+                canvases.append((layer, canvas, rect))
+        body_layers = [i for i, art in enumerate(layers) if art.layer.follows == "body"]
+        last_body = body_layers[-1] if body_layers else -1
+        if any(art.layer.above_features and i < last_body for i, art in enumerate(layers)):
+            raise ValueError(f"{rig.path}: layers: a body layer cannot be painted above the features")
+        # Lids are painted in the colour of the skin around the eye unless the rig says otherwise.
+        lids = [
+            rig.eyes.lid if rig.eyes.lid is not None else _mean_color(canvases, _eye_core_rect(rig, place, side), supersample)
+            for side in (1, -1)
+        ]
+        background = _render_background(rig, width, height, place)
+        background.flags.writeable = False
+        return cls(
+            rig=rig,
+            width=width,
+            height=height,
+            supersample=supersample,
+            place=place,
+            background=background,
+            layers=tuple(layers),
+            last_body=last_body,
+            eye_rects=(_eye_rect(rig, place, 1), _eye_rect(rig, place, -1)),
+            brow_rects=(_brow_rect(rig, place, 1), _brow_rect(rig, place, -1)),
+            mouth_rect=_mouth_rect(rig, place),
+            eye_colors=(_EyeColors(rig.eyes, lids[0]), _EyeColors(rig.eyes, lids[1])),
+            mouth_colors=_MouthColors(rig.mouth),
+        )
+
+
+class IllustratedRenderer:
+    """Renders one rig at one output size (both even). See the module docstring for the method.
+
+    Instances cache sprites and poses: use one per stage, from one thread at a time. Pass
+    ``art`` (from ``IllustratedArt.prepare`` for the same rig and size) to skip drawing it."""
+
+    def __init__(
+        self, rig: Rig, width: int = 512, height: int = 512, *, supersample: int = 4, art: IllustratedArt | None = None
+    ) -> None:
+        if art is None:
+            art = IllustratedArt.prepare(rig, width, height, supersample)
+        elif art.rig is not rig or (art.width, art.height) != (width, height):
+            raise ValueError(f"the prepared art is for {art.rig.name} at {art.width}x{art.height}, not {rig.name} at {width}x{height}")
         self.rig = rig
         self.name = rig.name
         self.width = width
         self.height = height
-        self._ss = supersample
-        self._place = _Placement(width, height)
-        self._background = _render_background(rig, width, height, self._place)
-        margin = max(8, round(0.06 * self._place.scale))
-        self._limit = _Rect(-margin, -margin, width + 2 * margin, height + 2 * margin)
-
-        self._eye_rects = [self._eye_rect(side) for side in (1, -1)]
-        self._brow_rects = [self._brow_rect(side) for side in (1, -1)]
-        self._mouth_rect = self._mouth_patch_rect()
-
-        self._layers: list[_LayerArt] = []
-        canvases: list[tuple[Layer, np.ndarray, _Rect]] = []
-        for layer in rig.layers:
-            drawn = _draw_layer(layer, self._place, supersample, self._limit)
-            if drawn is None:
-                continue
-            sprite, canvas, rect = drawn
-            self._layers.append(_LayerArt(layer, sprite))
-            if layer.follows == "head" and not layer.above_features:
-                canvases.append((layer, canvas, rect))
-        body_layers = [i for i, art in enumerate(self._layers) if art.layer.follows == "body"]
-        self._last_body = body_layers[-1] if body_layers else -1
-        if any(art.layer.above_features and i < self._last_body for i, art in enumerate(self._layers)):
-            raise ValueError(f"{rig.path}: layers: a body layer cannot be painted above the features")
-
-        # Closing lids are painted in the colour of the skin around the eye unless the rig says.
-        self._lid_colors = [
-            rig.eyes.lid if rig.eyes.lid is not None else _mean_color(canvases, self._eye_core_rect(side), supersample)
-            for side in (1, -1)
-        ]
-        del canvases
-        self._eye_colors = [_EyeColors(rig.eyes, lid) for lid in self._lid_colors]
-        self._mouth_colors = _MouthColors(rig.mouth)
+        self._ss = art.supersample
+        self._place = art.place
+        self._background = art.background
+        self._layers = art.layers
+        self._last_body = art.last_body
+        self._eye_rects = art.eye_rects
+        self._brow_rects = art.brow_rects
+        self._mouth_rect = art.mouth_rect
+        self._eye_colors = art.eye_colors
+        self._mouth_colors = art.mouth_colors
 
         frame_bytes = width * height * 4
         self._frames: _Lru[Hashable, np.ndarray] = _Lru(6)
@@ -449,53 +500,13 @@ class IllustratedRenderer:
     # ------------------------------------------------------------------ feature geometry
 
     def _eye_uv(self, side: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-        """Eye-local coordinates (u along the eye towards the nose, v down, in half-widths) to
-        normalised rig coordinates, for the eye on the viewer's left (side 1) or right (-1)."""
-        spec = self.rig.eyes
-        cx = spec.center[0] if side == 1 else 1.0 - spec.center[0]
-        a = spec.half_width
-        return np.stack([cx + side * u * a, spec.center[1] + v * a], axis=-1)
-
-    def _eye_rect(self, side: int) -> _Rect:
-        spec = self.rig.eyes
-        u_lo = -1.25 - 0.5 * spec.flick
-        v_lo = -(spec.upper * 1.05 + 0.85)
-        v_hi = spec.lower + 0.75
-        corners = self._eye_uv(side, np.array([u_lo, 1.35]), np.array([v_lo, v_hi]))
-        return self._place.rect_around(
-            float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max())
-        )
-
-    def _eye_core_rect(self, side: int) -> _Rect:
-        """The open eye's own area (the lid's colour is sampled there)."""
-        corners = self._eye_uv(side, np.array([-0.8, 0.8]), np.array([-0.35, 0.3]))
-        return self._place.rect_around(
-            float(corners[:, 0].min()), float(corners[:, 1].min()), float(corners[:, 0].max()), float(corners[:, 1].max())
-        )
+        return _eye_uv(self.rig, side, u, v)
 
     def _to_patch(self, pts: np.ndarray, rect: _Rect) -> np.ndarray:
         """Normalised points to supersampled pixel-centre coordinates of the patch ``rect``."""
         px = self._place.px(pts) - np.array([rect.x0, rect.y0])
         out: np.ndarray = px * self._ss - 0.5
         return out
-
-    def _brow_rect(self, side: int) -> _Rect:
-        spec = self.rig.brows
-        pts = np.array(spec.points)
-        if side == -1:
-            pts = mirror_points(pts)
-        pad = max(spec.thickness) + spec.lift * 1.4 + 0.006
-        return self._place.rect_around(
-            float(pts[:, 0].min()) - pad, float(pts[:, 1].min()) - pad, float(pts[:, 0].max()) + pad, float(pts[:, 1].max()) + pad
-        )
-
-    def _mouth_patch_rect(self) -> _Rect:
-        spec = self.rig.mouth
-        mx, my = spec.center
-        half = spec.half_width * 1.45 + 0.012
-        top = spec.upper_lip * 1.5 + spec.max_open * 0.35 + spec.upper_lip * 0.5 + 0.012
-        bottom = spec.lower_lip * 1.45 + spec.max_open * 0.85 + spec.lower_lip * 0.7 + 0.014
-        return self._place.rect_around(mx - half, my - top, mx + half, my + bottom)
 
     # ------------------------------------------------------------------ feature drawing
 
@@ -670,6 +681,57 @@ class IllustratedRenderer:
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the features live (rest pose)
+
+
+def _eye_uv(rig: Rig, side: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Eye-local coordinates (u along the eye towards the nose, v down, in half-widths) to
+    normalised rig coordinates, for the eye on the viewer's left (side 1) or right (-1)."""
+    spec = rig.eyes
+    cx = spec.center[0] if side == 1 else 1.0 - spec.center[0]
+    a = spec.half_width
+    return np.stack([cx + side * u * a, spec.center[1] + v * a], axis=-1)
+
+
+def _box(place: _Placement, pts: np.ndarray, pad: float = 0.0) -> _Rect:
+    return place.rect_around(
+        float(pts[:, 0].min()) - pad, float(pts[:, 1].min()) - pad, float(pts[:, 0].max()) + pad, float(pts[:, 1].max()) + pad
+    )
+
+
+def _eye_rect(rig: Rig, place: _Placement, side: int) -> _Rect:
+    """Everything an eye sprite may draw: lashes, wing, crease, lower lash line."""
+    spec = rig.eyes
+    u_lo = -1.25 - 0.5 * spec.flick
+    v_lo = -(spec.upper * 1.05 + 0.85)
+    v_hi = spec.lower + 0.75
+    return _box(place, _eye_uv(rig, side, np.array([u_lo, 1.35]), np.array([v_lo, v_hi])))
+
+
+def _eye_core_rect(rig: Rig, place: _Placement, side: int) -> _Rect:
+    """The open eye's own area (the lid's colour is sampled there)."""
+    return _box(place, _eye_uv(rig, side, np.array([-0.8, 0.8]), np.array([-0.35, 0.3])))
+
+
+def _brow_rect(rig: Rig, place: _Placement, side: int) -> _Rect:
+    spec = rig.brows
+    pts = np.array(spec.points)
+    if side == -1:
+        pts = mirror_points(pts)
+    return _box(place, pts, max(spec.thickness) + spec.lift * 1.4 + 0.006)
+
+
+def _mouth_rect(rig: Rig, place: _Placement) -> _Rect:
+    """Everything the mouth sprite may draw, at its widest and most open."""
+    spec = rig.mouth
+    mx, my = spec.center
+    half = spec.half_width * 1.45 + 0.012
+    top = spec.upper_lip * 2.0 + spec.max_open * 0.35 + 0.012
+    bottom = spec.lower_lip * 2.15 + spec.max_open * 0.85 + 0.014
+    return place.rect_around(mx - half, my - top, mx + half, my + bottom)
+
+
+# ---------------------------------------------------------------------------------------------
 # Feature geometry (pure functions of the rig and the quantised parameters)
 
 
@@ -729,7 +791,7 @@ def _mouth_geometry(
     gap = spec.max_open * open_ * (1.0 - 0.95 * press)
     up = 0.30 * gap + 0.004 * teeth * open_  # upper lip lift
     down = 0.70 * gap * (1.0 - 0.8 * tuck)  # jaw drop
-    corner_y = -0.28 * w0 * smile + 0.08 * gap
+    corner_y = -0.45 * w0 * smile + 0.08 * gap
     rest = 0.06 * u0  # the upper lip's tubercle dips the closed line a little
     inner_hw = hw * (0.94 - 0.42 * round_ - 0.08 * open_)
     lip_u = u0 * (1.0 + 0.35 * round_) * (1.0 - 0.45 * press)
