@@ -153,7 +153,9 @@ class AvatarCatalog:
         if rig_file.is_file():
             rig = self._rig(rig_file)
             if rig.name != name:
-                raise UnknownAvatar(f"avatar {name!r} is broken: {rig_file}: name: {rig.name!r} must equal the directory name")
+                raise UnknownAvatar(
+                    f"avatar {name!r} is broken: {rig_file}: name: {rig.name!r} must equal the directory name"
+                )
             return AvatarInfo(name, "illustrated", rig.title, directory)
         meta_file = directory / "avatar.json"
         if meta_file.is_file():
@@ -163,7 +165,9 @@ class AvatarCatalog:
                 raise UnknownAvatar(f"avatar {name!r} is broken: {meta_file}: {exc}") from exc
             if not isinstance(meta, dict) or meta.get("kind") != "photo":
                 kind = meta.get("kind") if isinstance(meta, dict) else None
-                raise UnknownAvatar(f"avatar {name!r} is broken: {meta_file}: kind is {kind!r}, expected 'photo'")
+                raise UnknownAvatar(
+                    f"avatar {name!r} is broken: {meta_file}: kind is {kind!r}, expected 'photo'"
+                )
             title = meta.get("title")
             return AvatarInfo(name, "photo", title if isinstance(title, str) and title else name, directory)
         return None
@@ -173,7 +177,9 @@ class AvatarCatalog:
         try:
             mtime = path.stat().st_mtime_ns
         except OSError as exc:
-            raise UnknownAvatar(f"avatar {path.parent.name!r} is broken: {path}: {exc.strerror or exc}") from exc
+            raise UnknownAvatar(
+                f"avatar {path.parent.name!r} is broken: {path}: {exc.strerror or exc}"
+            ) from exc
         with self._lock:
             cached = self._rigs.get(path)
         if cached is not None and cached[0] == mtime:

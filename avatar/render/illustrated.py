@@ -62,9 +62,9 @@ _OPEN_STEP = 1.0 / 40.0
 _MOUTH_STEP = 1.0 / 20.0
 
 _SUBPIXEL = 4  # placements snap to quarter pixels, so resampled sprites can be reused
-_MAX_ANGLE = 25.0
+_MAX_ANGLE = 25.0  # degrees; the 2D approximation stops being believable beyond this
 _EYE_STEPS = 24
-_EYE_T = np.linspace(0.0, 1.0, _EYE_STEPS + 1)  # constant: parameters along a lid  # degrees; the 2D approximation stops being believable beyond this
+_EYE_T = np.linspace(0.0, 1.0, _EYE_STEPS + 1)  # constant: parameters along a lid
 
 
 K = TypeVar("K", bound=Hashable)
@@ -258,7 +258,9 @@ class IllustratedArt:
             raise ValueError(f"{rig.path}: layers: a body layer cannot be painted above the features")
         # Lids are painted in the colour of the skin around the eye unless the rig says otherwise.
         lids = [
-            rig.eyes.lid if rig.eyes.lid is not None else _mean_color(canvases, _eye_core_rect(rig, place, side), supersample)
+            rig.eyes.lid
+            if rig.eyes.lid is not None
+            else _mean_color(canvases, _eye_core_rect(rig, place, side), supersample)
             for side in (1, -1)
         ]
         background = _render_background(rig, width, height, place)
@@ -287,12 +289,20 @@ class IllustratedRenderer:
     ``art`` (from ``IllustratedArt.prepare`` for the same rig and size) to skip drawing it."""
 
     def __init__(
-        self, rig: Rig, width: int = 512, height: int = 512, *, supersample: int = 4, art: IllustratedArt | None = None
+        self,
+        rig: Rig,
+        width: int = 512,
+        height: int = 512,
+        *,
+        supersample: int = 4,
+        art: IllustratedArt | None = None,
     ) -> None:
         if art is None:
             art = IllustratedArt.prepare(rig, width, height, supersample)
         elif art.rig is not rig or (art.width, art.height) != (width, height):
-            raise ValueError(f"the prepared art is for {art.rig.name} at {art.width}x{art.height}, not {rig.name} at {width}x{height}")
+            raise ValueError(
+                f"the prepared art is for {art.rig.name} at {art.width}x{art.height}, not {rig.name} at {width}x{height}"
+            )
         self.rig = rig
         self.name = rig.name
         self.width = width
@@ -362,7 +372,10 @@ class IllustratedRenderer:
             _quantise(state.breath, _BREATH_STEP, 0.0, 1.0),
         )
         smile = _quantise(state.smile, _SMILE_STEP, 0.0, 1.0)
-        gaze = (_quantise(state.gaze_x, _GAZE_STEP, -1.0, 1.0), _quantise(state.gaze_y, _GAZE_STEP, -1.0, 1.0))
+        gaze = (
+            _quantise(state.gaze_x, _GAZE_STEP, -1.0, 1.0),
+            _quantise(state.gaze_y, _GAZE_STEP, -1.0, 1.0),
+        )
         brow = _quantise(state.brow, _BROW_STEP, -1.0, 1.0)
         closes = (
             _quantise(state.eye_close_right, _EYE_CLOSE_STEP, 0.0, 1.0),
@@ -370,7 +383,9 @@ class IllustratedRenderer:
         )
         mouth_key = _mouth_key(state.mouth, smile)
         frame_key = (rgba, pose, smile, gaze, brow, closes, mouth_key)
-        return self._frames.get_or_make(frame_key, lambda: self._compose(rgba, pose, smile, gaze, brow, closes, mouth_key))
+        return self._frames.get_or_make(
+            frame_key, lambda: self._compose(rgba, pose, smile, gaze, brow, closes, mouth_key)
+        )
 
     def _compose(
         self,
@@ -388,7 +403,12 @@ class IllustratedRenderer:
         features: list[tuple[Hashable, Callable[[], _Sprite]]] = []
         for index, side in ((0, 1), (1, -1)):
             c = closes[index]
-            features.append((("eye", index, c, gaze, smile), partial(self._draw_eye, index, side, c, gaze[0], gaze[1], smile)))
+            features.append(
+                (
+                    ("eye", index, c, gaze, smile),
+                    partial(self._draw_eye, index, side, c, gaze[0], gaze[1], smile),
+                )
+            )
         for index, side in ((0, 1), (1, -1)):
             features.append((("brow", index, brow), partial(self._draw_brow, index, side, brow)))
         features.append((("mouth", mouth_key), partial(self._draw_mouth, mouth_key)))
@@ -399,7 +419,11 @@ class IllustratedRenderer:
             placed.append(self._position(key, sprite, matrix, pose.roll, rgba))
         # Where the front hair covers a feature, put back what lay under the hair, draw the
         # features, then the hair again: it stays in front without being blended twice.
-        covered = [p.rect(dx, dy) for p, dx, dy in placed if any(f.covers(p.rect(dx, dy), fdx, fdy) for f, fdx, fdy in base.front)]
+        covered = [
+            p.rect(dx, dy)
+            for p, dx, dy in placed
+            if any(f.covers(p.rect(dx, dy), fdx, fdy) for f, fdx, fdy in base.front)
+        ]
         area = _clip_rect(_union(covered), self.width, self.height)
         if base.under is not None and base.under_rect is not None and area is not None:
             # Only inside the front layers' rectangle does the picture differ from "under".
@@ -417,7 +441,9 @@ class IllustratedRenderer:
         out.flags.writeable = False  # frames are cached and may be handed out again
         return out
 
-    def _position(self, key: Hashable, sprite: _Sprite, matrix: np.ndarray, roll: float, rgba: bool) -> tuple[_Placed, int, int]:
+    def _position(
+        self, key: Hashable, sprite: _Sprite, matrix: np.ndarray, roll: float, rgba: bool
+    ) -> tuple[_Placed, int, int]:
         """The sprite resampled for ``matrix`` (whose rotation is ``roll``), cached by the
         rotation and the quarter-pixel remainder of its offset; the whole-pixel rest is returned
         as ``(dx, dy)`` and applied by slicing."""
@@ -456,16 +482,28 @@ class IllustratedRenderer:
             if art.layer.follows == "head":
                 matrix = self._head_matrix(pose, art.layer.depth)
                 head[i] = self._position(("layer", i), art.sprite, matrix, pose.roll, rgba)
-        behind = _clip_rect(_union([p.rect(dx, dy) for i, (p, dx, dy) in head.items() if i < self._last_body]), self.width, self.height)
+        behind = _clip_rect(
+            _union([p.rect(dx, dy) for i, (p, dx, dy) in head.items() if i < self._last_body]),
+            self.width,
+            self.height,
+        )
         if behind is not None:
             x0, y0, x1, y1 = behind
-            region = np.zeros((y1 - y0, x1 - x0, frame.shape[2]), np.uint8) if rgba else self._background[y0:y1, x0:x1].copy()
+            region = (
+                np.zeros((y1 - y0, x1 - x0, frame.shape[2]), np.uint8)
+                if rgba
+                else self._background[y0:y1, x0:x1].copy()
+            )
             for i in range(self._last_body + 1):
                 layer = body.placed.get(i) or head.get(i)
                 if layer is not None:
                     layer[0].blend(region, layer[1], layer[2], behind, origin=(x0, y0))
             frame[y0:y1, x0:x1] = region
-        front = [head[i] for i in range(self._last_body + 1, len(self._layers)) if self._layers[i].layer.above_features]
+        front = [
+            head[i]
+            for i in range(self._last_body + 1, len(self._layers))
+            if self._layers[i].layer.above_features
+        ]
         under_rect = _clip_rect(_union([p.rect(dx, dy) for p, dx, dy in front]), self.width, self.height)
         under: np.ndarray | None = None
         for i in range(self._last_body + 1, len(self._layers)):
@@ -518,7 +556,9 @@ class IllustratedRenderer:
         """Reduce a supersampled premultiplied canvas to the sprite (area averaging = AA)."""
         return _Sprite(cv2.resize(canvas, (rect.w, rect.h), interpolation=cv2.INTER_AREA), rect.x0, rect.y0)
 
-    def _draw_eye(self, index: int, side: int, close: float, gaze_x: float, gaze_y: float, smile: float) -> _Sprite:
+    def _draw_eye(
+        self, index: int, side: int, close: float, gaze_x: float, gaze_y: float, smile: float
+    ) -> _Sprite:
         """One eye: the white, iris and pupil inside the lids' opening, the eyelid (from the
         crease down to the lid's edge), lashes and crease. Transparent elsewhere, so the face
         beneath shows through wherever the head has moved it."""
@@ -532,7 +572,9 @@ class IllustratedRenderer:
         closed_line = lower * np.array([1.0, 0.75]) + np.array([0.0, -0.04])
         upper = upper_open + (closed_line - upper_open) * close
         # The crease meets the lid edge at both corners; the eyelid is the skin between them.
-        crease = upper_open + np.stack([np.zeros_like(t), -(0.30 + 0.12 * spec.upper) * np.sin(t * math.pi) ** 0.8], axis=1)
+        crease = upper_open + np.stack(
+            [np.zeros_like(t), -(0.30 + 0.12 * spec.upper) * np.sin(t * math.pi) ** 0.8], axis=1
+        )
 
         # Eye-local (u, v) to supersampled patch pixels is a scale and a shift.
         k = spec.half_width * self._place.scale * self._ss
@@ -586,12 +628,22 @@ class IllustratedRenderer:
         lw = np.sin(np.linspace(0.25, math.pi - 0.1, m)) * 0.05
         _fill(canvas, ss(_band(lower[:m] + _v(0.0, 0.02), lw * 0.2, lw)), colors.lower_lash)
         # Upper lash line along the lid's edge, heavier towards the outer corner, optional wing.
-        width = spec.lash_width * (1.0 - 0.45 * t) * (0.55 + 0.45 * np.sin(np.clip(t * 1.3, 0, 1) * math.pi / 2 + 0.2))
+        width = (
+            spec.lash_width
+            * (1.0 - 0.45 * t)
+            * (0.55 + 0.45 * np.sin(np.clip(t * 1.3, 0, 1) * math.pi / 2 + 0.2))
+        )
         _fill(canvas, ss(_band(upper, width, width * 0.22)), colors.lash)
         if spec.flick > 0.0:
             tip = np.array([-1.0 - 0.42 * spec.flick, upper[0, 1] - 0.34 * spec.flick])
             start = upper[3] + [0.0, -width[3]]
-            wing = np.concatenate([upper[:1], cubic_points(start, (start + tip) / 2 + _v(0.0, -0.02), tip, tip, 6), [upper[0] + _v(0.02, 0.04)]])
+            wing = np.concatenate(
+                [
+                    upper[:1],
+                    cubic_points(start, (start + tip) / 2 + _v(0.0, -0.02), tip, tip, 6),
+                    [upper[0] + _v(0.02, 0.04)],
+                ]
+            )
             _fill(canvas, ss(wing), colors.lash)
         return self._finish(canvas, rect)
 
@@ -695,7 +747,10 @@ def _eye_uv(rig: Rig, side: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def _box(place: _Placement, pts: np.ndarray, pad: float = 0.0) -> _Rect:
     return place.rect_around(
-        float(pts[:, 0].min()) - pad, float(pts[:, 1].min()) - pad, float(pts[:, 0].max()) + pad, float(pts[:, 1].max()) + pad
+        float(pts[:, 0].min()) - pad,
+        float(pts[:, 1].min()) - pad,
+        float(pts[:, 0].max()) + pad,
+        float(pts[:, 1].max()) + pad,
     )
 
 
@@ -787,7 +842,9 @@ def _mouth_geometry(
 ) -> _MouthGeometry:
     """Outlines of the mouth's parts, in normalised units relative to the mouth centre."""
     w0, u0, l0 = spec.half_width, spec.upper_lip, spec.lower_lip
-    hw = w0 * float(np.clip(1.0 + 0.17 * width - 0.30 * round_ + 0.07 * smile - 0.04 * tuck + 0.03 * press, 0.5, 1.3))
+    hw = w0 * float(
+        np.clip(1.0 + 0.17 * width - 0.30 * round_ + 0.07 * smile - 0.04 * tuck + 0.03 * press, 0.5, 1.3)
+    )
     gap = spec.max_open * open_ * (1.0 - 0.95 * press)
     up = 0.30 * gap + 0.004 * teeth * open_  # upper lip lift
     down = 0.70 * gap * (1.0 - 0.8 * tuck)  # jaw drop
@@ -797,8 +854,9 @@ def _mouth_geometry(
     lip_u = u0 * (1.0 + 0.35 * round_) * (1.0 - 0.45 * press)
     lip_l = l0 * (1.0 + 0.30 * round_) * (1.0 - 0.40 * press) * (1.0 - 0.40 * tuck)
 
-    y_upper_in = rest - up - tuck * 0.30 * u0
-    y_lower_in = rest + down + tuck * 0.05 * u0
+    # "FF": the upper lip lifts a little and the lower lip rolls up under the upper teeth.
+    y_upper_in = rest - up - tuck * 0.10 * w0
+    y_lower_in = rest + down + tuck * 0.02 * w0
     left, right = np.array([-hw, corner_y]), np.array([hw, corner_y])
     il, ir = np.array([-inner_hw, corner_y + 0.1 * gap]), np.array([inner_hw, corner_y + 0.1 * gap])
     # A wide-open mouth rounds its corners too, not only a pursed one.
@@ -812,7 +870,13 @@ def _mouth_geometry(
     half_left = np.concatenate(
         [
             cubic_points(left, [-hw * 0.82, corner_y - lip_u * 0.25], [-hw * 0.52, top], [-peak_x, top], 14),
-            cubic_points([-peak_x, top], [-peak_x * 0.55, top], [-peak_x * 0.2, top + lip_u * 0.2], [0.0, top + lip_u * 0.2], 8)[1:],
+            cubic_points(
+                [-peak_x, top],
+                [-peak_x * 0.55, top],
+                [-peak_x * 0.2, top + lip_u * 0.2],
+                [0.0, top + lip_u * 0.2],
+                8,
+            )[1:],
         ]
     )
     upper_outer = np.concatenate([half_left, (half_left * [-1.0, 1.0])[::-1][1:]])
@@ -837,7 +901,9 @@ def _mouth_geometry(
                                    [-tw, y_upper_in + 0.18 * show_upper + 0.0008]])  # fmt: skip
     show_lower = (0.12 * gap + 0.2 * u0) * teeth * (1.0 - tuck)
     b_edge = y_lower_in - show_lower
-    lower_teeth = _arc(np.array([-0.58 * w0, b_edge + 0.4 * u0]), np.array([0.58 * w0, b_edge + 0.4 * u0]), -0.4 * u0, 0.9)
+    lower_teeth = _arc(
+        np.array([-0.58 * w0, b_edge + 0.4 * u0]), np.array([0.58 * w0, b_edge + 0.4 * u0]), -0.4 * u0, 0.9
+    )
     lower_teeth = np.concatenate([lower_teeth, [[0.58 * w0, b_edge + 3 * u0], [-0.58 * w0, b_edge + 3 * u0]]])
     # The tongue rests low; raised it reaches up behind the upper teeth ("TH", "DD", "nn").
     tongue_top = (y_lower_in - 0.22 * gap) * (1.0 - tongue) + (t_edge - 0.1 * u0) * tongue
@@ -847,9 +913,13 @@ def _mouth_geometry(
 
     tucked: np.ndarray | None = None
     if tuck > 0.05:
-        tucked_edge = y_upper_in + 0.40 * u0 * tuck
-        tucked = _arc(np.array([-0.55 * w0, tucked_edge - 0.4 * u0]), np.array([0.55 * w0, tucked_edge - 0.4 * u0]), 0.4 * u0, 0.9)
-        tucked = np.concatenate([tucked, [[0.55 * w0, y_upper_in - 0.5 * u0], [-0.55 * w0, y_upper_in - 0.5 * u0]]])
+        tucked_edge = rest + 0.08 * w0 * tuck  # the teeth's edge rests on the lower lip
+        tucked = _arc(
+            _v(-0.55 * w0, tucked_edge - 0.4 * u0), _v(0.55 * w0, tucked_edge - 0.4 * u0), 0.4 * u0, 0.9
+        )
+        tucked = np.concatenate(
+            [tucked, [[0.55 * w0, y_upper_in - 0.5 * u0], [-0.55 * w0, y_upper_in - 0.5 * u0]]]
+        )
 
     # The dark line where the lips meet: strongest when closed, heavier when pressed.
     closeness = max(0.0, 1.0 - (y_lower_in - y_upper_in) / (0.35 * u0))
@@ -858,7 +928,9 @@ def _mouth_geometry(
     if closeness > 0.0 or interior is None:
         mid = (upper_inner + lower_inner) / 2.0
         taper = np.sin(np.linspace(0.0, math.pi, len(mid))) ** 0.5 * 0.7 + 0.3
-        lip_line = np.concatenate([mid - _v(0.0, thick * 0.5) * taper[:, None], (mid + _v(0.0, thick * 0.5) * taper[:, None])[::-1]])
+        lip_line = np.concatenate(
+            [mid - _v(0.0, thick * 0.5) * taper[:, None], (mid + _v(0.0, thick * 0.5) * taper[:, None])[::-1]]
+        )
     else:
         lip_line = None
 
@@ -874,8 +946,18 @@ def _mouth_geometry(
     sh_top = bottom + 0.25 * lip_l
     chin_shadow = np.concatenate(
         [
-            _arc(np.array([-0.55 * hw, bottom - 0.3 * lip_l]), np.array([0.55 * hw, bottom - 0.3 * lip_l]), sh_top - bottom + 0.3 * lip_l, 0.8),
-            _arc(np.array([-0.55 * hw, bottom - 0.3 * lip_l]), np.array([0.55 * hw, bottom - 0.3 * lip_l]), sh_top - bottom + 0.3 * lip_l + 0.55 * l0, 0.9)[::-1],
+            _arc(
+                np.array([-0.55 * hw, bottom - 0.3 * lip_l]),
+                np.array([0.55 * hw, bottom - 0.3 * lip_l]),
+                sh_top - bottom + 0.3 * lip_l,
+                0.8,
+            ),
+            _arc(
+                np.array([-0.55 * hw, bottom - 0.3 * lip_l]),
+                np.array([0.55 * hw, bottom - 0.3 * lip_l]),
+                sh_top - bottom + 0.3 * lip_l + 0.55 * l0,
+                0.9,
+            )[::-1],
         ]
     )
     return _MouthGeometry(
@@ -964,7 +1046,12 @@ def _premul(color: RGBA) -> Premul:
 def _flatten(color: RGBA, under: RGBA) -> RGBA:
     """``color`` over an opaque ``under``, as an opaque colour."""
     a = color[3]
-    return (color[0] * a + under[0] * (1 - a), color[1] * a + under[1] * (1 - a), color[2] * a + under[2] * (1 - a), 1.0)
+    return (
+        color[0] * a + under[0] * (1 - a),
+        color[1] * a + under[1] * (1 - a),
+        color[2] * a + under[2] * (1 - a),
+        1.0,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,13 +1071,17 @@ def _render_background(rig: Rig, width: int, height: int, place: _Placement) -> 
         weight = (np.exp(-2.5 * d2) * g.strength * g.color[3])[:, :, None]
         img = img + (np.array(g.color[:3], np.float32) - img) * weight
     # A faint ordered dither keeps the slow gradient free of banding after 8-bit rounding.
-    bayer = (np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], np.float32) + 0.5) / 16.0 - 0.5
+    bayer = (
+        np.array([[0, 8, 2, 10], [12, 4, 14, 6], [3, 11, 1, 9], [15, 7, 13, 5]], np.float32) + 0.5
+    ) / 16.0 - 0.5
     dither = np.tile(bayer, (height // 4 + 1, width // 4 + 1))[:height, :width, None]
     out: np.ndarray = np.clip(img * 255.0 + dither, 0, 255).astype(np.uint8)
     return out
 
 
-def _draw_layer(layer: Layer, place: _Placement, ss: int, limit: _Rect) -> tuple[_Sprite, np.ndarray, _Rect] | None:
+def _draw_layer(
+    layer: Layer, place: _Placement, ss: int, limit: _Rect
+) -> tuple[_Sprite, np.ndarray, _Rect] | None:
     """Draw a layer supersampled; return its reduced sprite, the supersampled premultiplied
     float canvas and the canvas rectangle (rest-pose pixels)."""
     named: dict[str, tuple[float, float, float, float]] = {}
@@ -1033,19 +1124,31 @@ def _draw_layer(layer: Layer, place: _Placement, ss: int, limit: _Rect) -> tuple
         for paths, fill, stroke_color in copies:
             pts = [(place.px(p) - _v(rect.x0, rect.y0)) * ss - 0.5 for p in paths]
             if fill is not None:
-                cover = _shape_coverage(shape, pts, (canvas.shape[0], canvas.shape[1]), place.scale * ss, stroke=False)
+                cover = _shape_coverage(
+                    shape, pts, (canvas.shape[0], canvas.shape[1]), place.scale * ss, stroke=False
+                )
                 if cover is not None:
                     _paint(canvas, cover, shape, fill, coverages, place, rect, ss)
                     if kept is not None:
                         box, cov = cover
-                        np.maximum(kept[box[1] : box[3], box[0] : box[2]], cov, out=kept[box[1] : box[3], box[0] : box[2]])
+                        np.maximum(
+                            kept[box[1] : box[3], box[0] : box[2]],
+                            cov,
+                            out=kept[box[1] : box[3], box[0] : box[2]],
+                        )
             if stroke_color is not None:
-                cover = _shape_coverage(shape, pts, (canvas.shape[0], canvas.shape[1]), place.scale * ss, stroke=True)
+                cover = _shape_coverage(
+                    shape, pts, (canvas.shape[0], canvas.shape[1]), place.scale * ss, stroke=True
+                )
                 if cover is not None:
                     _paint(canvas, cover, shape, stroke_color, coverages, place, rect, ss)
                     if kept is not None and fill is None:
                         box, cov = cover
-                        np.maximum(kept[box[1] : box[3], box[0] : box[2]], cov, out=kept[box[1] : box[3], box[0] : box[2]])
+                        np.maximum(
+                            kept[box[1] : box[3], box[0] : box[2]],
+                            cov,
+                            out=kept[box[1] : box[3], box[0] : box[2]],
+                        )
         if kept is not None and shape.name is not None:
             coverages[shape.name] = kept
     small = cv2.resize(canvas, (rect.w, rect.h), interpolation=cv2.INTER_AREA)
@@ -1087,7 +1190,9 @@ def _shape_coverage(
     if sigma > 0.5:
         cover = cv2.GaussianBlur(cover, (0, 0), sigma / down)
     if down > 1:
-        cover = cv2.resize(cover, (mask.shape[1] * down, mask.shape[0] * down), interpolation=cv2.INTER_LINEAR)[:bh, :bw]
+        cover = cv2.resize(
+            cover, (mask.shape[1] * down, mask.shape[0] * down), interpolation=cv2.INTER_LINEAR
+        )[:bh, :bw]
     return (bx0, by0, bx1, by1), cover
 
 
@@ -1150,7 +1255,9 @@ def _mean_color(canvases: list[tuple[Layer, np.ndarray, _Rect]], rect: _Rect, ss
         ox1, oy1 = min(rect.x0 + rect.w, crect.x0 + crect.w), min(rect.y0 + rect.h, crect.y0 + crect.h)
         if ox1 <= ox0 or oy1 <= oy0:
             continue
-        src = canvas[(oy0 - crect.y0) * ss : (oy1 - crect.y0) * ss, (ox0 - crect.x0) * ss : (ox1 - crect.x0) * ss]
+        src = canvas[
+            (oy0 - crect.y0) * ss : (oy1 - crect.y0) * ss, (ox0 - crect.x0) * ss : (ox1 - crect.x0) * ss
+        ]
         dst = out[(oy0 - rect.y0) * ss : (oy1 - rect.y0) * ss, (ox0 - rect.x0) * ss : (ox1 - rect.x0) * ss]
         dst[:] = src + dst * (1.0 - src[:, :, 3:])
     total = out.reshape(-1, 4).sum(axis=0)
@@ -1204,13 +1311,22 @@ def _resample(sprite: _Sprite, lin: np.ndarray, frac: np.ndarray, rgba: bool) ->
         pixels, x0, y0 = src, 0, 0
     else:
         # Bounding box of the moved sprite (pixel i spans i - 0.5 .. i + 0.5).
-        corners = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]]) @ lin.T + frac
+        corners = (
+            np.array([[-0.5, -0.5], [w - 0.5, -0.5], [-0.5, h - 0.5], [w - 0.5, h - 0.5]]) @ lin.T + frac
+        )
         x0 = math.floor(corners[:, 0].min() + 0.5)
         y0 = math.floor(corners[:, 1].min() + 0.5)
         x1 = math.ceil(corners[:, 0].max() - 0.5) + 1
         y1 = math.ceil(corners[:, 1].max() - 0.5) + 1
         m = np.hstack([lin, (frac - _v(x0, y0))[:, None]])
-        pixels = cv2.warpAffine(src, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0))
+        pixels = cv2.warpAffine(
+            src,
+            m,
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=(0, 0, 0, 0),
+        )
     keep = 255 - pixels[:, :, 3]
     if rgba:
         colour = pixels
@@ -1224,11 +1340,15 @@ def _resample(sprite: _Sprite, lin: np.ndarray, frac: np.ndarray, rgba: bool) ->
 def _unpremultiply(frame: np.ndarray) -> np.ndarray:
     """Premultiplied RGBA to straight alpha (only anti-aliased edge pixels change)."""
     alpha = frame[:, :, 3]
-    rgb = cv2.divide(cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB), cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), scale=255.0)
+    rgb = cv2.divide(
+        cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB), cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), scale=255.0
+    )
     return cv2.merge([rgb, alpha])
 
 
-def _clip_rect(rect: tuple[int, int, int, int] | None, width: int, height: int) -> tuple[int, int, int, int] | None:
+def _clip_rect(
+    rect: tuple[int, int, int, int] | None, width: int, height: int
+) -> tuple[int, int, int, int] | None:
     if rect is None:
         return None
     x0, y0, x1, y1 = max(0, rect[0]), max(0, rect[1]), min(width, rect[2]), min(height, rect[3])
@@ -1238,4 +1358,9 @@ def _clip_rect(rect: tuple[int, int, int, int] | None, width: int, height: int) 
 def _union(rois: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int] | None:
     if not rois:
         return None
-    return (min(r[0] for r in rois), min(r[1] for r in rois), max(r[2] for r in rois), max(r[3] for r in rois))
+    return (
+        min(r[0] for r in rois),
+        min(r[1] for r in rois),
+        max(r[2] for r in rois),
+        max(r[3] for r in rois),
+    )

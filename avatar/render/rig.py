@@ -459,7 +459,19 @@ def _parse_layer(node: _Node, ctx: _Ctx) -> Layer:
 
 def _parse_shape(node: _Node, ctx: _Ctx, earlier: set[str]) -> Shape:
     node.reject_unknown(
-        {"name", "path", "ellipse", "angle", "fill", "stroke", "opacity", "blur", "clip", "symmetric", "mirror"}
+        {
+            "name",
+            "path",
+            "ellipse",
+            "angle",
+            "fill",
+            "stroke",
+            "opacity",
+            "blur",
+            "clip",
+            "symmetric",
+            "mirror",
+        }
     )
     name = node.get("name", required=False)
     shape_name = name.string() if name.value is not None else None
@@ -486,9 +498,7 @@ def _parse_shape(node: _Node, ctx: _Ctx, earlier: set[str]) -> Shape:
     stroke_node = node.get("stroke", required=False)
     if stroke_node.value is not None:
         stroke_node.reject_unknown({"color", "width"})
-        stroke = Stroke(
-            ctx.color(stroke_node.get("color")), stroke_node.get("width").number(lo=1e-4, hi=0.2)
-        )
+        stroke = Stroke(ctx.color(stroke_node.get("color")), stroke_node.get("width").number(lo=1e-4, hi=0.2))
     if fill is None and stroke is None:
         raise node.fail("a shape needs a 'fill', a 'stroke' or both")
     clip_node = node.get("clip", required=False)
