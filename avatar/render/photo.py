@@ -484,10 +484,10 @@ class PhotoAvatar:
             return patch
         tri_d, tri_s = tri_d[moved], tri_s[moved]
         both = np.concatenate([tri_d.reshape(-1, 2), tri_s.reshape(-1, 2)])
-        bx0 = max(x0, int(math.floor(both[:, 0].min())) - 1)
-        by0 = max(y0, int(math.floor(both[:, 1].min())) - 1)
-        bx1 = min(region.x1, int(math.ceil(both[:, 0].max())) + 2)
-        by1 = min(region.y1, int(math.ceil(both[:, 1].max())) + 2)
+        bx0 = max(x0, math.floor(both[:, 0].min()) - 1)
+        by0 = max(y0, math.floor(both[:, 1].min()) - 1)
+        bx1 = min(region.x1, math.ceil(both[:, 0].max()) + 2)
+        by1 = min(region.y1, math.ceil(both[:, 1].max()) + 2)
         h, w = by1 - by0, bx1 - bx0
         d = tri_d - (bx0, by0)
         area = np.abs(
