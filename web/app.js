@@ -209,7 +209,7 @@
     micTrack.enabled = !micTrack.enabled;
     ui.mic.setAttribute("aria-pressed", String(!micTrack.enabled));
     ui.mic.title = micTrack.enabled ? "Mute microphone" : "Unmute microphone";
-    ui.mic.textContent = micTrack.enabled ? "🎤" : "🔇";
+    ui.mic.setAttribute("aria-label", ui.mic.title);
   });
   ui.start.addEventListener("click", start);
   ui.hangup.addEventListener("click", () => hangup());

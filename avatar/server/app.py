@@ -57,14 +57,16 @@ async def error_middleware(
 
 async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    if ENGINES not in app:
+    owned = ENGINES not in app  # engines passed in (tests) belong to the caller
+    if owned:
         app[ENGINES] = Engines.build(settings)
     engines = app[ENGINES]
-    app[SESSIONS] = SessionManager(engines)
+    app[SESSIONS] = SessionManager(engines, settings)
     yield
     # Graceful shutdown: close every peer and session, then the engines.
     await app[SESSIONS].close_all()
-    engines.close()
+    if owned:
+        engines.close()
 
 
 def create_app(settings: Settings, engines: Engines | None = None) -> web.Application:

@@ -15,6 +15,7 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from avatar.clock import MediaClock
+from avatar.config import Settings
 from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
@@ -51,9 +52,11 @@ def make_mouth_builder() -> Callable[..., Any]:
 
 
 class SessionManager:
-    def __init__(self, engines: Engines, driver_factory: Callable[[], Driver] | None = None) -> None:
+    def __init__(
+        self, engines: Engines, settings: Settings | None = None, driver_factory: Callable[[], Driver] | None = None
+    ) -> None:
         self.engines = engines
-        self.settings = engines.settings
+        self.settings = settings or engines.settings
         self.sessions: dict[str, Session] = {}
         self.peers: dict[str, Peer] = {}
         self._pending = 0  # offers being answered count against the limit too
