@@ -70,7 +70,7 @@ class RtcCustomer:
     def send(self, message: dict[str, Any]) -> None:
         self.channel.send(json.dumps(message))
 
-    async def wait_for_event(self, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_for_event(self, predicate: Any, within: float = 20.0) -> dict[str, Any]:
         async def poll() -> dict[str, Any]:
             while True:
                 for event in self.got.events:
@@ -78,7 +78,7 @@ class RtcCustomer:
                         return event
                 await asyncio.sleep(0.02)
 
-        return await asyncio.wait_for(poll(), timeout)
+        return await asyncio.wait_for(poll(), within)
 
     async def close(self) -> None:
         await self.pc.close()

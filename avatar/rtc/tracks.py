@@ -25,7 +25,7 @@ AUDIO_FRAME_SAMPLES = AUDIO_RATE // 50  # 20 ms
 def rgb_to_video_frame(rgb: np.ndarray) -> av.VideoFrame:
     """Wrap an RGB image as a yuv420p ``VideoFrame`` (cv2's conversion is several times
     cheaper than letting the encoder reformat rgb24)."""
-    i420 = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420)
+    i420: np.ndarray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
     return av.VideoFrame.from_ndarray(i420, format="yuv420p")
 
 
