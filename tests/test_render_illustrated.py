@@ -67,6 +67,8 @@ def test_odd_or_tiny_sizes_are_refused() -> None:
         IllustratedRenderer(rig, 511, 512)
     with pytest.raises(ValueError, match="height must be an even number"):
         IllustratedRenderer(rig, 512, 32)
+    with pytest.raises(ValueError, match=r"64 \.\. 2048"):
+        IllustratedRenderer(rig, 4096, 512)
 
 
 def test_open_mouth_changes_only_the_mouth(renderer: IllustratedRenderer) -> None:

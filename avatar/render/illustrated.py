@@ -231,14 +231,16 @@ class IllustratedArt:
 
     @classmethod
     def prepare(cls, rig: Rig, width: int = 512, height: int = 512, supersample: int = 4) -> IllustratedArt:
-        """Draw the rig's static art for a ``width`` x ``height`` output (both even, 64 .. 4096).
-        Raises ``ValueError`` for a bad size."""
+        """Draw the rig's static art for a ``width`` x ``height`` output (both even, 64 .. 2048).
+        ``supersample`` is the most supersampling used; large outputs use less (at least 2x)
+        so the transient drawing canvases stay near 100 MB. Raises ``ValueError`` for a bad size."""
         for label, value in (("width", width), ("height", height)):
-            if value < 64 or value > 4096 or value % 2:
-                raise ValueError(f"{label} must be an even number of pixels in 64 .. 4096, got {value}")
+            if value < 64 or value > 2048 or value % 2:
+                raise ValueError(f"{label} must be an even number of pixels in 64 .. 2048, got {value}")
         if supersample not in (1, 2, 3, 4, 5, 6):
             raise ValueError(f"supersample must be 1 .. 6, got {supersample}")
         place = _Placement(width, height)
+        supersample = min(supersample, max(2, int(3400 // place.scale)))
         margin = max(8, round(0.06 * place.scale))
         limit = _Rect(-margin, -margin, width + 2 * margin, height + 2 * margin)
         layers: list[_LayerArt] = []
@@ -1327,7 +1329,7 @@ def _resample(sprite: _Sprite, lin: np.ndarray, frac: np.ndarray, rgba: bool) ->
             borderMode=cv2.BORDER_CONSTANT,
             borderValue=(0, 0, 0, 0),
         )
-    keep = 255 - pixels[:, :, 3]
+    keep = cv2.bitwise_not(cv2.extractChannel(pixels, 3))
     if rgba:
         colour = pixels
         keep_c = cv2.merge([keep, keep, keep, keep])
@@ -1339,7 +1341,7 @@ def _resample(sprite: _Sprite, lin: np.ndarray, frac: np.ndarray, rgba: bool) ->
 
 def _unpremultiply(frame: np.ndarray) -> np.ndarray:
     """Premultiplied RGBA to straight alpha (only anti-aliased edge pixels change)."""
-    alpha = frame[:, :, 3]
+    alpha = cv2.extractChannel(frame, 3)
     rgb = cv2.divide(
         cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB), cv2.cvtColor(alpha, cv2.COLOR_GRAY2RGB), scale=255.0
     )
