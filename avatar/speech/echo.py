@@ -57,6 +57,7 @@ class EchoConfig:
     no_echo_correlation: float = 0.3  # below this (with ample evidence) no echo reaches the mic
     min_evidence: float = 0.25  # seconds of active far end behind any estimate
     customer_fraction: float = 0.5  # share of a window's bins that must beat the echo
+    reestimate_every: int = 4  # windows between estimates once the path is trusted
 
     def __post_init__(self) -> None:
         if self.bin_seconds <= 0 or self.max_delay < 0 or self.history <= self.max_delay:
@@ -100,9 +101,11 @@ class _Envelope:
         if not keep.any():
             return
         idx = bins[keep] - self.base
+        lo = int(idx[0])
         power = samples[keep].astype(np.float64) ** 2 / _FULL_SCALE
-        self.sums += np.bincount(idx, weights=power, minlength=self.size)
-        self.counts += np.bincount(idx, minlength=self.size)
+        sums = np.bincount(idx - lo, weights=power)
+        self.sums[lo : lo + sums.size] += sums
+        self.counts[lo : lo + sums.size] += np.bincount(idx - lo)
 
     def _advance(self, new_base: int) -> None:
         shift = new_base - self.base
@@ -123,11 +126,9 @@ class _Envelope:
         if hi >= lo:
             s = slice(lo - self.base, hi - self.base + 1)
             counts = self.counts[s]
-            with np.errstate(invalid="ignore", divide="ignore"):
-                out[lo - first : hi - first + 1] = np.where(
-                    counts > 0, self.sums[s] / np.maximum(counts, 1), 0.0
-                )
-            have[lo - first : hi - first + 1] = counts > 0
+            filled = counts > 0
+            np.divide(self.sums[s], counts, out=out[lo - first : hi - first + 1], where=filled)
+            have[lo - first : hi - first + 1] = filled
         return out, have
 
 
@@ -168,6 +169,12 @@ class EchoGuard:
         self._near = _Envelope(cfg.bin_seconds, span)
         self._lags = round(cfg.max_delay / cfg.bin_seconds)
         self._tail = max(1, round(cfg.reverb_time / cfg.bin_seconds))
+        # Weights of far-end bins k - delay + 1 ... k - delay - tail for near-end bin k:
+        # full one bin either side of the delay, then the reverberant tail, -60 dB at its end.
+        decay = 10 ** (-6.0 * np.maximum(np.arange(-1, self._tail + 1), 0) / self._tail)
+        self._reach_weights = decay[::-1].copy()
+        self._windows = 0  # near-end windows assessed
+        self._noise: float | None = None  # near-end noise floor (energy)
         self._far_active = float(10 ** (cfg.far_active_db / 10))
         # The session's trusted echo path: delay in bins, gain in dB, its correlation.
         self._path: tuple[int, float, float] | None = None
@@ -198,7 +205,12 @@ class EchoGuard:
         if not (reach > self._far_active).any():
             return EchoVerdict(True, near_db)  # no avatar sound could be echoing now
 
-        estimate = self._estimate(last)
+        # The path is re-estimated every window until trusted, then every ``reestimate_every``
+        # windows: it drifts slowly, and the estimate is most of this guard's cost.
+        self._windows += 1
+        estimate = None
+        if self._path is None or self._noise is None or self._windows % cfg.reestimate_every == 0:
+            estimate = self._estimate(last)
         if self._path is not None:
             delay, gain_db, corr = self._path
         elif estimate is not None:
@@ -223,9 +235,8 @@ class EchoGuard:
         return near, have, far, first
 
     def _lagged(self, far: np.ndarray, n: int) -> np.ndarray:
-        """far lagged by 0..lags bins: row d is far(k - d) for the n history bins."""
-        offset = self._lags + 1
-        return np.stack([far[offset - d : offset - d + n] for d in range(self._lags + 1)])
+        """far lagged by 0..lags bins: row d is far(k - d) for the n history bins (a view)."""
+        return np.lib.stride_tricks.sliding_window_view(far, n)[self._lags + 1 : 0 : -1]
 
     def _estimate(self, last: int) -> tuple[int, float, float] | None:
         """The best echo path over the history as (delay bins, gain dB, correlation).
@@ -236,6 +247,8 @@ class EchoGuard:
         """
         cfg = self.config
         near, have, far, _ = self._window(last)
+        heard = near[have]
+        self._noise = float(np.percentile(heard, 10)) if heard.size else 0.0
         lagged = self._lagged(far, near.size)  # (lags + 1, n)
         active = (lagged > self._far_active) & have[None, :]
         if active.sum(axis=1).min() < cfg.min_evidence / cfg.bin_seconds:
@@ -251,11 +264,6 @@ class EchoGuard:
             return self._path
         return d, float(np.percentile(ratios, cfg.provisional_percentile)), best
 
-    def _noise_floor(self, last: int) -> float:
-        near, have, _, _ = self._window(last)
-        values = near[have]
-        return float(np.percentile(values, 10)) if values.size else 0.0
-
     def _predict(self, first: int, last: int, delay: int, gain_db: float) -> np.ndarray:
         """Predicted echo energy of near-end bins ``first..last`` through path (delay, gain).
 
@@ -263,14 +271,10 @@ class EchoGuard:
         (the two clocks' bins are not phase-aligned), or earlier by up to the reverb time,
         decaying 60 dB over it (a room keeps ringing after the avatar's syllable ends).
         """
-        tail = self._tail
-        far, _ = self._far.energy(first - delay - tail, last - delay + 1)
-        n = last - first + 1
-        decay = 10 ** (-6.0 * np.maximum(np.arange(-1, tail + 1), 0) / tail)  # -60 dB at the tail
-        # far index of bin k with lag j (j = -1 .. tail): (k - first) + tail - j
-        rows = [far[tail - j : tail - j + n] * decay[j + 1] for j in range(-1, tail + 1)]
-        spread = np.max(np.stack(rows), axis=0)
-        return spread * 10 ** (gain_db / 10) + self._noise_floor(last)
+        far, _ = self._far.energy(first - delay - self._tail, last - delay + 1)
+        reach = np.lib.stride_tricks.sliding_window_view(far, self._tail + 2)  # row i: bins i..i+tail+1
+        spread = (reach * self._reach_weights).max(axis=1)
+        return spread * 10 ** (gain_db / 10) + (self._noise or 0.0)
 
     def _verdict(
         self, near: np.ndarray, predicted: np.ndarray, near_db: float, delay: int, corr: float | None

@@ -104,14 +104,10 @@ class StreamResampler:
         n = np.arange(self._produced, last + 1, dtype=np.int64)
         if n.size == 0:
             return np.zeros(0, dtype=np.int16)
-        pos = n * self._down + self._delay
-        i0 = pos // self._up
-        phase = pos % self._up
-        idx = i0[:, None] - np.arange(self._taps)[None, :] - self._history_start
-        # Indices before the stream start read zeros (as resample_poly pads).
-        valid = idx >= 0
-        window = np.where(valid, self._history[np.clip(idx, 0, None)], 0.0)
-        y = np.einsum("ij,ij->i", window, self._phases[phase])
+        if self._up == 1:
+            y = self._decimate(int(n[0]), int(n[-1]))
+        else:
+            y = self._polyphase(n)
         self._produced = int(n[-1]) + 1
         # Keep only the input the next output can still need.
         next_i0 = (self._produced * self._down + self._delay) // self._up
@@ -119,6 +115,27 @@ class StreamResampler:
         self._history = self._history[keep_from - self._history_start :]
         self._history_start = keep_from
         return _to_int16(y)
+
+    def _decimate(self, first: int, last: int) -> np.ndarray:
+        """Integer-ratio fast path (48 kHz -> 16 kHz): one FIR convolution, every down-th output."""
+        lo = first * self._down + self._delay - self._taps + 1  # oldest input the outputs read
+        hi = last * self._down + self._delay  # newest
+        pad = max(0, self._history_start - lo)  # before the stream start: zeros
+        segment = self._history[max(lo, self._history_start) - self._history_start : hi - self._history_start + 1]
+        if pad:
+            segment = np.concatenate([np.zeros(pad), segment])
+        return np.convolve(segment, self._phases[0], mode="valid")[:: self._down]
+
+    def _polyphase(self, n: np.ndarray) -> np.ndarray:
+        pos = n * self._down + self._delay
+        i0 = pos // self._up
+        phase = pos % self._up
+        idx = i0[:, None] - np.arange(self._taps)[None, :] - self._history_start
+        # Indices before the stream start read zeros (as resample_poly pads).
+        valid = idx >= 0
+        window = np.where(valid, self._history[np.clip(idx, 0, None)], 0.0)
+        result: np.ndarray = np.einsum("ij,ij->i", window, self._phases[phase])
+        return result
 
     def push(self, pcm: np.ndarray, in_rate: int, channels: int = 1) -> np.ndarray:
         """Feed int16 ``pcm`` at ``in_rate``; return the mono int16 output now complete."""
