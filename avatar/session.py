@@ -77,6 +77,7 @@ class Session:
         self.speaker.on_line_done = self._line_done
         self.closed = asyncio.Event()
         self.last_customer_text: str | None = None
+        self.mode = "call"
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:

@@ -165,3 +165,49 @@ async def test_bad_data_channel_messages_get_errors_not_crashes(client: TestClie
         assert (await client.get("/healthz")).status == 200
     finally:
         await customer.close()
+
+
+async def test_mirror_mode_webcam_drives_the_avatar_face(client: TestClient) -> None:  # type: ignore[type-arg]
+    """A peer in mirror mode sends its camera; the server tracks the face and the stage shows it."""
+    from pathlib import Path
+
+    import av
+    import cv2
+    from aiortc import VideoStreamTrack
+
+    from avatar.mirror import PuppetFace
+    from avatar.server.app import SESSIONS
+
+    portrait = cv2.cvtColor(cv2.imread(str(Path("assets/avatars/astronaut/portrait.jpg"))), cv2.COLOR_BGR2RGB)
+
+    class Webcam(VideoStreamTrack):
+        async def recv(self) -> av.VideoFrame:
+            pts, time_base = await self.next_timestamp()
+            frame = av.VideoFrame.from_ndarray(portrait, format="rgb24")
+            frame.pts, frame.time_base = pts, time_base
+            return frame
+
+    customer = RtcCustomer()
+    customer.pc.getTransceivers()[1].stop()  # replace the recvonly video with a sendrecv camera
+    customer.pc.addTrack(Webcam())
+    body = await customer.offer()
+    resp = await client.post("/api/offer", json={**body, "mode": "mirror"})
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    await customer.accept(answer)
+    try:
+        session = client.app[SESSIONS].get(answer["session_id"])
+        assert session is not None and session.mode == "mirror"
+        for _ in range(150):
+            override = session.stage.face_override
+            if isinstance(override, PuppetFace) and override.puppet.faces > 0:
+                break
+            await asyncio.sleep(0.1)
+        override = session.stage.face_override
+        assert override is not None, "the camera never reached the stage"
+        assert isinstance(override, PuppetFace) and override.puppet.faces > 0
+        # The stage's face now comes from the tracked person (a real face, not the idle default).
+        t = session.stage.clock.time()
+        assert session.stage.face_at(t) == override.state_at(t)
+    finally:
+        await customer.close()

@@ -61,6 +61,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if owned:
         app[ENGINES] = Engines.build(settings)
     engines = app[ENGINES]
+    await engines.warm_up()
     app[SESSIONS] = SessionManager(engines, settings)
     yield
     # Graceful shutdown: close every peer and session, then the engines.

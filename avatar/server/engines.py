@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,24 @@ class Engines:
     render_pool: ThreadPoolExecutor
     brain: Any = None  # avatar.brain.Brain when loaded
     extra: dict[str, Any] = field(default_factory=dict)
+    _face_tracker: Any = None
+    _face_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def face_tracker(self) -> Any:
+        """The mediapipe face tracker, loaded on first use (only mirror/puppet sessions need it)."""
+        with self._face_lock:
+            if self._face_tracker is None:
+                from avatar.face.landmarks import FaceTracker
+
+                self._face_tracker = FaceTracker(max_faces=1)
+            return self._face_tracker
+
+    async def warm_up(self) -> None:
+        """Load the offline voices now, so the first customer does not wait for them."""
+        try:
+            await self.tts.warm_up([self.tts.offline_voice("en"), self.tts.offline_voice("zh")])
+        except Exception as exc:  # a broken voice must not stop the server; speaking reports it
+            log.warning("TTS warm-up failed: %s", exc)
 
     @classmethod
     def build(cls, settings: Settings, assets_dir: Path | None = None) -> Engines:

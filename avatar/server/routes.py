@@ -83,9 +83,12 @@ async def offer(request: web.Request) -> web.Response:
         raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
     settings = request.app[SETTINGS]
     avatar = field(body, "avatar", str, required=False) or settings.default_avatar
+    mode = field(body, "mode", str, required=False) or "call"
+    if mode not in ("call", "mirror"):
+        raise web.HTTPBadRequest(text="'mode' must be \"call\" or \"mirror\"")
     manager = request.app[SESSIONS]
     try:
-        session, answer = await manager.create_from_offer(sdp, sdp_type, avatar)
+        session, answer = await manager.create_from_offer(sdp, sdp_type, avatar, mode)
     except UnknownAvatar as exc:
         raise web.HTTPNotFound(text=str(exc.args[0] if exc.args else exc)) from exc
     except ServerFull as exc:

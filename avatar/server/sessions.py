@@ -84,9 +84,12 @@ class SessionManager:
         session = Session(stage, speaker_factory, self.driver_factory(), avatar)
         return session
 
-    async def create_from_offer(self, sdp: str, sdp_type: str, avatar: str) -> tuple[Session, RTCSessionDescription]:
-        """Answer a browser's offer with a new session. Raises ``ServerFull``, ``BadOffer`` or
-        ``avatar.render.catalog.UnknownAvatar``."""
+    async def create_from_offer(
+        self, sdp: str, sdp_type: str, avatar: str, mode: str = "call"
+    ) -> tuple[Session, RTCSessionDescription]:
+        """Answer a browser's offer with a new session. ``mode`` is "call" (a customer) or
+        "mirror" (the peer's camera drives the avatar's face). Raises ``ServerFull``,
+        ``BadOffer`` or ``avatar.render.catalog.UnknownAvatar``."""
         if len(self.sessions) + self._pending >= self.settings.max_sessions:
             raise ServerFull(f"the server is full ({self.settings.max_sessions} sessions)")
         self.engines.catalog.get(avatar)  # UnknownAvatar before any work
@@ -98,6 +101,7 @@ class SessionManager:
             audio = StageAudioTrack(session.stage)
             video = StageVideoTrack(session.stage, self.engines.render_pool)
             peer = Peer(pc, audio, video)
+            session.mode = mode
             self._wire(session, peer)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
@@ -148,7 +152,14 @@ class SessionManager:
 
         @pc.on("track")
         def on_track(track: MediaStreamTrack) -> None:
-            # Inbound microphone/camera: consumed so nothing queues up in aiortc.
+            if track.kind == "video" and session.mode == "mirror":
+                from avatar.face.puppet import FacePuppet
+                from avatar.mirror import drive_from_track
+
+                puppet = FacePuppet(self.engines.face_tracker())
+                session.spawn(drive_from_track(track, session.stage, puppet, self.engines.render_pool), "mirror")
+                return
+            # Any other inbound media: consumed so nothing queues up in aiortc.
             session.spawn(drain(track), f"drain-{track.kind}")
 
         @pc.on("connectionstatechange")
