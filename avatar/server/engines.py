@@ -3,6 +3,7 @@ per-conversation state): TTS, the avatar catalogue, the render thread pool, the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -39,7 +40,13 @@ class Engines:
             return self._face_tracker
 
     async def warm_up(self) -> None:
-        """Load the offline voices now, so the first customer does not wait for them."""
+        """Load the offline voices and the default avatar's art now, so the first customer does
+        not wait for them."""
+        s = self.settings
+        try:
+            await asyncio.to_thread(self.catalog.load, s.default_avatar, s.width, s.height)
+        except Exception as exc:
+            log.warning("default avatar %r could not be loaded: %s", s.default_avatar, exc)
         try:
             await self.tts.warm_up([self.tts.offline_voice("en"), self.tts.offline_voice("zh")])
         except Exception as exc:  # a broken voice must not stop the server; speaking reports it

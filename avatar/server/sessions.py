@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import zlib
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -66,16 +66,16 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
-    def make_stage(self, avatar: str, clock: MediaClock | None = None) -> Stage:
+    async def make_stage(self, avatar: str, clock: MediaClock | None = None) -> Stage:
+        """A stage for ``avatar``. Loading art can take a moment the first time: off the loop."""
         from avatar.idle import IdleAnimator
 
         s = self.settings
-        renderer = self.engines.catalog.load(avatar, s.width, s.height)
-        seed = zlib.crc32(avatar.encode()) ^ int(asyncio.get_running_loop().time() * 1000)
-        return Stage(renderer, clock or MediaClock(), IdleAnimator(seed & 0x7FFFFFFF), fps=s.fps, avatar=avatar)
+        renderer = await asyncio.to_thread(self.engines.catalog.load, avatar, s.width, s.height)
+        seed = secrets.randbits(31)  # each stage blinks and sways on its own schedule
+        return Stage(renderer, clock or MediaClock(), IdleAnimator(seed), fps=s.fps, avatar=avatar)
 
-    def make_session(self, avatar: str, stage: Stage | None = None) -> Session:
-        stage = stage or self.make_stage(avatar)
+    def make_session(self, avatar: str, stage: Stage) -> Session:
         source = TTSSpeechSource(self.engines.tts, avatar, self.settings.default_lang)
 
         def speaker_factory(stage: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
@@ -96,7 +96,7 @@ class SessionManager:
         self._pending += 1
         pc: RTCPeerConnection | None = None
         try:
-            session = self.make_session(avatar)
+            session = self.make_session(avatar, await self.make_stage(avatar))
             pc = make_peer_connection(self.settings.ice_servers)
             audio = StageAudioTrack(session.stage)
             video = StageVideoTrack(session.stage, self.engines.render_pool)
