@@ -181,7 +181,8 @@ class PhotoAvatar:
         self._lid_rgb = np.median(lid_px, axis=0).astype(np.float32) if len(lid_px) else self._skin_rgb.astype(np.float32)
         lum = float(self._skin_rgb @ np.array([0.299, 0.587, 0.114]))
         light = float(np.clip(lum / 175.0, 0.55, 1.08))
-        teeth = np.array([236.0, 230.0, 218.0]) * light
+        # Off-white, lit like the face: a little of the skin's hue keeps them from looking blue.
+        teeth = (np.array([236.0, 230.0, 218.0]) * 0.85 + self._skin_rgb * 0.15) * light
         # A portrait with parted lips shows its own teeth: take their colour from it.
         teeth_px = self._base[opening > 0]
         if len(teeth_px) > 30:
