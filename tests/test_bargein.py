@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avatar.speech.bargein import (
     Backchannel,
@@ -218,3 +220,44 @@ def test_is_backchannel(text: str, backchannel: bool) -> None:
 def test_config_is_checked() -> None:
     with pytest.raises(ValueError, match="backchannel_max"):
         BargeInConfig(min_speech=0.5, backchannel_max=0.4)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    script=st.lists(
+        st.tuples(
+            st.sampled_from(["frame", "start", "stop", "partial"]), st.sampled_from([0.0, 0.4, 0.6, 0.95])
+        ),
+        min_size=1,
+        max_size=300,
+    ),
+    ignore_backchannel=st.booleans(),
+)
+def test_guard_invariants(script: list[tuple[str, float]], ignore_backchannel: bool) -> None:
+    guard = BargeInGuard(BargeInConfig(ignore_backchannel=ignore_backchannel, echo_guard=False))
+    t = 0.0
+    speaking, fired = False, False
+    for action, value in script:
+        if action == "start":
+            guard.avatar_started(t)
+            fired = fired and speaking
+            speaking = True
+        elif action == "stop":
+            guard.avatar_stopped(t)
+            speaking, fired = False, False
+        elif action == "partial":
+            guard.update_partial("uh-huh" if value < 0.5 else "wait I have a question")
+        else:
+            frame = VadFrame(t, t + W, value, np.zeros(WINDOW, np.int16))
+            t += W
+            result = guard.push(frame)
+            assert result.frame is frame  # without the echo guard frames pass untouched
+            for event in result.events:
+                assert speaking, "no barge-in while the avatar is silent"
+                if isinstance(event, BargeIn):
+                    assert not fired, "one barge-in per avatar utterance"
+                    fired = True
+                    assert event.onset < event.decided_at <= frame.end + 1e-9
+                    assert event.decided_at - event.onset >= guard.config.min_speech - 1e-9
+                else:
+                    assert ignore_backchannel and event.onset < event.end <= frame.end + 1e-9

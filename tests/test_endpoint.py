@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avatar.speech.endpoint import (
     EndpointConfig,
@@ -149,7 +151,9 @@ def test_unfinished_partial_waits_longer_before_ending_the_turn() -> None:
 
     assert turn_end_after(None) == pytest.approx(CFG.end_of_turn, abs=W)
     assert turn_end_after("I want to block my card.") == pytest.approx(CFG.end_of_turn, abs=W)
-    assert turn_end_after("I think I lost my debit card and") == pytest.approx(CFG.end_of_turn_unfinished, abs=W)
+    assert turn_end_after("I think I lost my debit card and") == pytest.approx(
+        CFG.end_of_turn_unfinished, abs=W
+    )
     assert turn_end_after("我想查一下余额，然后") == pytest.approx(CFG.end_of_turn_unfinished, abs=W)
 
 
@@ -215,8 +219,13 @@ def test_real_speech_pause_within_and_between_turns() -> None:
 
     def turns(pause: float) -> list[TurnEnded]:
         audio = np.concatenate(
-            [np.zeros(8000, np.int16), clip("lost_card"), np.zeros(int(pause * 16_000), np.int16),
-             clip("activate_card"), np.zeros(32_000, np.int16)]
+            [
+                np.zeros(8000, np.int16),
+                clip("lost_card"),
+                np.zeros(int(pause * 16_000), np.int16),
+                clip("activate_card"),
+                np.zeros(32_000, np.int16),
+            ]
         )
         stream, ep = detector.stream(50.0), Endpointer(CFG)
         out: list[TurnEnded] = []
@@ -231,3 +240,35 @@ def test_real_speech_pause_within_and_between_turns() -> None:
     two = turns(1.0)
     assert len(two) == 2
     assert two[0].t < two[1].start
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    probabilities=st.lists(st.sampled_from([0.0, 0.2, 0.4, 0.6, 0.95]), min_size=1, max_size=400),
+    max_utterance=st.sampled_from([1.0, 3.0, 30.0]),
+)
+def test_event_sequence_invariants(probabilities: list[float], max_utterance: float) -> None:
+    cfg = EndpointConfig(max_utterance=max_utterance)
+    ep = Endpointer(cfg)
+    in_turn = False
+    previous_end = -1.0
+    for frame in frames_from(probabilities):
+        for event in ep.push(frame):
+            assert event.decided_at <= frame.end + 1e-9  # nothing is decided ahead of the audio
+            if isinstance(event, SpeechStarted):
+                assert event.continues_turn == in_turn
+                assert event.t < event.decided_at and event.t >= previous_end - 1e-9
+                in_turn = True
+            elif isinstance(event, SpeechEnded):
+                assert in_turn and event.t <= event.decided_at
+            else:
+                assert in_turn and event.start <= event.t <= event.decided_at
+                assert event.audio.dtype == np.int16
+                assert event.audio_start <= event.start
+                assert event.audio.size == round(
+                    (min(event.decided_at, event.t + cfg.post_roll) - event.audio_start) * 16_000
+                )
+                assert event.t - event.start <= max_utterance + W
+                in_turn = False
+                previous_end = event.t
+    assert ep.in_turn == in_turn

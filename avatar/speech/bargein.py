@@ -154,6 +154,7 @@ class BargeInGuard:
         if not self._speaking:
             self._speaking = True
             self._fired = False
+            self._floor_until = None
             self._clear_burst()
 
     def avatar_stopped(self, t: float) -> None:
