@@ -166,7 +166,7 @@ class VadStream:
         if t is not None and abs(t - self.next_time) > WINDOW_SECONDS:
             self._pending = np.zeros(0, dtype=np.int16)
             self._anchor, self._consumed = t, 0
-        self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples
+        self._pending = np.concatenate([self._pending, samples]) if self._pending.size else samples.copy()
         return list(self._windows())
 
     def _windows(self) -> Iterator[VadFrame]:
