@@ -101,6 +101,22 @@ def test_stalled_stream_counts_as_lost_and_returning_face_blends_in() -> None:
     assert puppet.state_at(back + 0.35).head_yaw == pytest.approx(15.0, abs=0.5)
 
 
+def test_mirror_mode_swaps_left_and_right() -> None:
+    cues = FaceCues(
+        mouth_gap=0.1, mouth_width=0.5, smile_lift=0.0, lid_left=0.06, lid_right=0.3, brow_left=0.36,
+        brow_right=0.36, gaze_x=0.5, gaze_y=0.2, yaw=12.0, pitch=5.0, roll=-4.0,
+    )  # fmt: skip
+    copy = FacePuppet(FaceTracker(), calibrate=False)
+    mirror = FacePuppet(FaceTracker(), calibrate=False, mirror=True)
+    copy.push_cues(cues, 0.0)
+    mirror.push_cues(cues, 0.0)
+    a, b = copy.state_at(0.0), mirror.state_at(0.0)
+    assert a.eye_close_left == 1.0 and a.eye_close_right == 0.0
+    assert (b.eye_close_left, b.eye_close_right) == (a.eye_close_right, a.eye_close_left)
+    assert (b.head_yaw, b.head_roll, b.gaze_x) == (-a.head_yaw, -a.head_roll, -a.gaze_x)
+    assert (b.head_pitch, b.gaze_y, b.mouth) == (a.head_pitch, a.gaze_y, a.mouth)
+
+
 def test_frames_out_of_order_are_dropped() -> None:
     puppet = FacePuppet(FaceTracker(), calibrate=False)
     puppet.push_cues(_cues(yaw=10.0), 1.0)

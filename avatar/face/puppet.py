@@ -134,6 +134,18 @@ def lerp_face(a: FaceState, b: FaceState, k: float) -> FaceState:
     return FaceState(mouth=a.mouth.lerp(b.mouth, k), **values)
 
 
+def mirrored(state: FaceState) -> FaceState:
+    """``state`` as seen in a mirror: left and right swapped (eyes, turn, tilt, gaze)."""
+    return replace(
+        state,
+        eye_close_left=state.eye_close_right,
+        eye_close_right=state.eye_close_left,
+        head_yaw=-state.head_yaw,
+        head_roll=-state.head_roll,
+        gaze_x=-state.gaze_x,
+    )
+
+
 def _ease(x: float) -> float:
     x = min(1.0, max(0.0, x))
     return x * x * (3.0 - 2.0 * x)
@@ -168,6 +180,11 @@ class _Calibrator:
 class FacePuppet:
     """One person's face driving an avatar (see the module docstring).
 
+    ``mirror=False``: the avatar copies the person (its left eye closes when theirs does, it
+    turns to its own left when they turn to theirs), as when an operator drives a customer's
+    avatar. ``mirror=True``: the avatar moves as the person's mirror image, as on a page that
+    shows the person's selfie view beside it.
+
     Thread-safety: ``push`` and ``state_at`` may be called from different threads at once (a
     lock guards the filters and history; the tracker runs outside it). ``push`` blocks for the
     tracking (a few ms): call it off the event loop. Frames whose time is not after the last
@@ -182,8 +199,10 @@ class FacePuppet:
         ease_out: float = 0.5,
         reacquire: float = 0.2,
         calibrate: bool = True,
+        mirror: bool = False,
     ) -> None:
         self.tracker = tracker
+        self.mirror = mirror
         self.lost_after = lost_after
         self.ease_out = ease_out
         self.reacquire = reacquire
@@ -223,6 +242,8 @@ class FacePuppet:
             self.faces += 1
             calib = self._calibrator.add(cues) if self._calibrator else DEFAULT_CALIBRATION
             raw = to_face_state(cues, calib)
+            if self.mirror:
+                raw = mirrored(raw)
             returning = self._history and (self._lost_since is not None or t - self._last_face > self.lost_after)
             if returning:
                 # Start the filters afresh on the returning face, and blend the avatar from
