@@ -94,10 +94,19 @@ def load_portrait(photo: Path) -> np.ndarray:
         with Image.open(photo) as im:
             im.load()
             upright = ImageOps.exif_transpose(im) or im
+            if upright.mode in ("RGBA", "LA", "PA") or "transparency" in upright.info:
+                # A cut-out portrait: put it on white, not on whatever its hidden pixels hold.
+                rgba = upright.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                upright = Image.alpha_composite(white, rgba)
             rgb = np.asarray(upright.convert("RGB"))
     except FileNotFoundError as exc:
         raise PhotoAvatarError("not_an_image", f"{photo}: no such file") from exc
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+    except IsADirectoryError as exc:
+        raise PhotoAvatarError("not_an_image", f"{photo}: is a directory, not an image") from exc
+    except Image.DecompressionBombError as exc:
+        raise PhotoAvatarError("not_an_image", f"{photo}: the image is too large to read safely") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PhotoAvatarError("not_an_image", f"{photo}: not a JPEG or PNG image") from exc
     if rgb.shape[0] < 64 or rgb.shape[1] < 64:
         raise PhotoAvatarError("face_too_small", f"{photo}: the image is only {rgb.shape[1]}x{rgb.shape[0]} px")
