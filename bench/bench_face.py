@@ -143,12 +143,14 @@ def main() -> int:
         push_ms.append((time.perf_counter() - start) * 1000.0)
 
     cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0]
     lines = [
         "## Photo avatars and face tracking",
         "",
         f"Reproduce: `.venv/bin/python bench/bench_face.py --seconds {args.seconds:g}` "
         f"({len(states)} frames of a spoken paragraph at {FPS} fps, 512x512, one thread; "
-        f"{cpu}, Python {platform.python_version()}, OpenCV {cv2.__version__}).",
+        f"{cpu} with {os.cpu_count()} cores, load average {load:.1f} at the end of the run, "
+        f"Python {platform.python_version()}, OpenCV {cv2.__version__}).",
         "",
         "Per-frame render cost (ms). First pass: caches cold, as when a stage starts talking; "
         "second pass: the same clip again.",

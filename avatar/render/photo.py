@@ -101,9 +101,11 @@ class _Region:
 
     def local(self, vid: int | tuple[int, ...]) -> np.ndarray:
         """Indices into this region's arrays of global vertex ids."""
-        ids = [vid] if isinstance(vid, int) else list(vid)
-        lookup = {int(v): i for i, v in enumerate(self.vids)}
-        return np.array([lookup[i] for i in ids], dtype=np.int64)
+        ids = np.atleast_1d(np.asarray(vid, dtype=np.int64))
+        found = np.searchsorted(self.vids, ids)  # vids are sorted (np.unique)
+        if (found >= len(self.vids)).any() or (self.vids[np.minimum(found, len(self.vids) - 1)] != ids).any():
+            raise KeyError(f"vertices {ids.tolist()} are not all in this region")
+        return found
 
 
 class PhotoAvatar:
@@ -599,20 +601,30 @@ class PhotoAvatar:
 
     def _paint_lip_line(self, patch: np.ndarray, line: np.ndarray, strength: float) -> None:
         """The soft shadow line where closed lips meet (it also hides the warp's pixel steps)."""
-        h, w = patch.shape[:2]
+        pad = 4
+        bx0 = max(0, math.floor(line[:, 0].min()) - pad)
+        by0 = max(0, math.floor(line[:, 1].min()) - pad)
+        bx1 = min(patch.shape[1], math.ceil(line[:, 0].max()) + pad + 1)
+        by1 = min(patch.shape[0], math.ceil(line[:, 1].max()) + pad + 1)
+        if bx1 <= bx0 or by1 <= by0:
+            return
+        box = patch[by0:by1, bx0:bx1]
+        h, w = box.shape[:2]
         ss = 4
         mask = np.zeros((h * ss, w * ss), np.uint8)
         thickness = max(1, round(0.01 * self._eye_distance * ss))
-        pts = np.round(line * ss * 8.0).astype(np.int32)
+        pts = np.round((line - (bx0, by0)) * ss * 8.0).astype(np.int32)
         n = len(pts)
         for i in range(n - 1):  # fainter towards the corners, where the lips fold into the cheek
             level = int(255 * min(1.0, 0.35 + 0.65 * math.sin(math.pi * (i + 0.5) / (n - 1))))
-            cv2.line(mask, (int(pts[i][0]), int(pts[i][1])), (int(pts[i + 1][0]), int(pts[i + 1][1])), (level,), thickness, cv2.LINE_AA, 3)
-        m = np.asarray(cv2.GaussianBlur(cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA), (0, 0), 0.6), np.float32) / 255.0
+            a, b = (int(pts[i][0]), int(pts[i][1])), (int(pts[i + 1][0]), int(pts[i + 1][1]))
+            cv2.line(mask, a, b, (level,), thickness, cv2.LINE_AA, 3)
+        small = cv2.resize(mask, (w, h), interpolation=cv2.INTER_AREA)
+        m = np.asarray(cv2.GaussianBlur(small, (0, 0), 0.6), np.float32) / 255.0
         alpha = (m * 0.6 * strength)[..., None]
         dark = self._lip_rgb.astype(np.float32) * 0.5
-        out = patch.astype(np.float32) * (1.0 - alpha) + dark * alpha
-        patch[:] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
+        out = box.astype(np.float32) * (1.0 - alpha) + dark * alpha
+        box[:] = np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
     def _paint_interior(
         self, patch: np.ndarray, up: np.ndarray, lo: np.ndarray, mouth: MouthShape, gap: float, D: float
@@ -700,17 +712,17 @@ class PhotoAvatar:
         profile = np.clip(1.0 - np.abs(u_up) ** 1.6, 0.0, 1.0) ** 0.8
         bottom = up + np.outer(depth * profile, ey)
         m_teeth = mask_of(np.vstack([up, bottom[::-1]]))
-        across = np.clip(np.abs(((np.stack([xs, ys], -1) - centre_top) @ ex) / max(hw_in, 1.0)), 0.0, 1.0)
-        shade = (1.0 - 0.6 * across**1.3)[..., None]
-        teeth_rgb = self._teeth_rgb * shade
+        # Coordinates along the mouth (u, from its middle) and down from the upper lip (v).
+        u = (xs - centre_top[0]) * ex[0] + (ys - centre_top[1]) * ex[1]
+        v = (xs - centre_top[0]) * ey[0] + (ys - centre_top[1]) * ey[1]
+        across = np.clip(np.abs(u) / max(hw_in, 1.0), 0.0, 1.0)
+        shading = 1.0 - 0.6 * across**1.3
         # Faint gaps between the incisors.
         for k in (-0.42, -0.2, 0.0, 0.2, 0.42):
-            at = centre_top + ex * k * hw_in
-            cut = np.abs((np.stack([xs, ys], -1) - at) @ ex)
-            teeth_rgb = teeth_rgb * (1.0 - 0.1 * np.exp(-np.square(cut / 0.6)))[..., None]
+            shading *= 1.0 - 0.1 * np.exp(-np.square((u - k * hw_in) / 0.6))
         # The biting edge is a little darker (translucent enamel).
-        edge_dist = np.abs((np.stack([xs, ys], -1) - centre_top) @ ey - float(depth.max()))
-        teeth_rgb = teeth_rgb * (1.0 - 0.12 * np.exp(-np.square(edge_dist / 1.2)))[..., None]
+        shading *= 1.0 - 0.12 * np.exp(-np.square((v - float(depth.max())) / 1.2))
+        teeth_rgb = self._teeth_rgb * shading[..., None]
         layer(m_teeth, teeth_rgb)
 
         # The lips shade the interior near them; the mouth's own edge is anti-aliased.
