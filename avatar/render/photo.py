@@ -39,7 +39,9 @@ from avatar.face_state import FaceState, MouthShape
 JAW_SHARE = 0.72
 # Cache budgets per renderer (a stage holds one): a mouth patch is 100-250 KB at 512x512
 # depending on how much of the frame the face fills, so the entry count follows the budget.
-MOUTH_CACHE_BYTES = 24 << 20
+# A spoken paragraph visits a few hundred quantised mouth shapes; 64 MB holds most of them
+# (the illustrated renderer's sprite and pose caches are of the same order).
+MOUTH_CACHE_BYTES = 64 << 20
 EYE_CACHE_BYTES = 6 << 20
 # Quantisation steps of the cached parameters.
 _Q_OPEN = 24
