@@ -288,12 +288,16 @@ class PhotoAvatar:
 
         u_in = x / hw_in
         u_out = x / hw
-        f_in, f_out = _taper(u_in), _taper(u_out)
+        # The opening is lens-shaped: full height in the middle, tapering smoothly into the
+        # corners, which the cheeks hold (they drop by a fifth of the jaw's travel). The lower
+        # lip moves as one piece, inner and outer edges alike, so it does not thicken.
+        f_in, f_out = _taper(u_in, 1.0), _taper(u_out, 1.0)
+        corner_drop = 0.22
         b_open[up_out] = vec(0.0, -0.10 * f_out[up_out])
-        b_open[lo_out] = vec(0.0, JAW_SHARE * (0.45 + 0.55 * f_out[lo_out]))
+        b_open[lo_out] = vec(0.0, JAW_SHARE * (corner_drop + (1.0 - corner_drop) * f_out[lo_out]))
         b_open[up_in] = vec(0.0, -(1.0 - JAW_SHARE) * f_in[up_in])
-        b_open[lo_in] = vec(0.0, JAW_SHARE * f_in[lo_in])
-        b_open[corners] = vec(-np.sign(x[corners]) * 0.06, JAW_SHARE * 0.22)
+        b_open[lo_in] = vec(0.0, JAW_SHARE * (corner_drop + (1.0 - corner_drop) * f_in[lo_in]))
+        b_open[corners] = vec(-np.sign(x[corners]) * 0.06, JAW_SHARE * corner_drop)
 
         # Lips and the skin near them: a falloff from the lips into the cheeks.
         lips_r = np.hypot(x / (1.1 * hw), w / (0.22 * D))
@@ -548,6 +552,23 @@ class PhotoAvatar:
             fine_x, fine_y = mapx.astype(np.float32), mapy.astype(np.float32)
             moving_px = inside.astype(np.uint8)
         warped = cv2.remap(self._base, fine_x, fine_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Where a triangle is stretched to several times its size (the lip near the corners of
+        # a wide-open mouth), a few photo pixels cover many: soften them so they do not show
+        # as steps.
+        src_area = np.abs(
+            (tri_s[:, 1, 0] - tri_s[:, 0, 0]) * (tri_s[:, 2, 1] - tri_s[:, 0, 1])
+            - (tri_s[:, 2, 0] - tri_s[:, 0, 0]) * (tri_s[:, 1, 1] - tri_s[:, 0, 1])
+        )
+        stretch = np.where(area >= 0.5, area / np.maximum(src_area, 0.05), 1.0)
+        stretched = (stretch > 3.0) & (src_area > 0.5)  # collapsed strips are painted over anyway
+        if stretched.any():
+            amount = np.zeros((hh, hw), np.float32)
+            amount[inside] = np.clip((stretch[label[inside]] - 3.0) / 6.0, 0.0, 1.0) * stretched[label[inside]]
+            if step > 1:
+                amount = cv2.resize(amount, (step * hw, step * hh), interpolation=cv2.INTER_LINEAR)[:h, :w]
+            amount = cv2.GaussianBlur(amount, (0, 0), 1.5)[..., None]
+            soft = cv2.GaussianBlur(warped, (0, 0), 1.2)
+            warped = np.clip(warped * (1.0 - amount) + soft * amount + 0.5, 0, 255).astype(np.uint8)
         # Pixels of triangles that did not move stay bit-exact (interpolation at the edge of the
         # moving area would otherwise blur them by a fraction of a level).
         moving_px = cv2.dilate(moving_px, np.ones((2 * step + 1, 2 * step + 1), np.uint8))
@@ -699,9 +720,9 @@ class PhotoAvatar:
         layer(m_t * (0.55 + 0.45 * min(1.0, mouth.open * 2.0 + tongue_lift)), self._tongue_rgb * tongue_shade)
 
         # Lower teeth: a narrow band above the lower lip when the teeth show.
-        lower_show = max(0.0, (mouth.teeth - 0.35) / 0.65) + 0.3 * max(0.0, mouth.tuck)
-        if lower_show > 0.0:
-            band = np.minimum(gap * 0.22, 0.045 * D) * lower_show * np.clip(1.0 - np.abs(u_lo) ** 2 * 1.4, 0.0, 1.0)
+        lower_show = min(1.0, max(0.0, (mouth.teeth - 0.35) / 0.65) + 0.3 * max(0.0, mouth.tuck))
+        band = np.minimum(gap * 0.22, 0.045 * D) * lower_show * np.clip(1.0 - np.abs(u_lo) ** 2 * 2.2, 0.0, 1.0)
+        if band.max() >= 1.5:  # thinner, it would read as an outline of the lip, not as teeth
             top = lo - np.outer(band, ey)
             m_low = mask_of(np.vstack([lo, top[::-1]]))
             layer(m_low * 0.9, self._teeth_rgb * 0.82)
