@@ -562,11 +562,11 @@ class PhotoAvatar:
         stretch = np.where(area >= 0.5, area / np.maximum(src_area, 0.05), 1.0)
         stretched = (stretch > 3.0) & (src_area > 0.5)  # collapsed strips are painted over anyway
         if stretched.any():
-            amount = np.zeros((hh, hw), np.float32)
+            amount: np.ndarray = np.zeros((hh, hw), np.float32)
             amount[inside] = np.clip((stretch[label[inside]] - 3.0) / 6.0, 0.0, 1.0) * stretched[label[inside]]
             if step > 1:
-                amount = cv2.resize(amount, (step * hw, step * hh), interpolation=cv2.INTER_LINEAR)[:h, :w]
-            amount = cv2.GaussianBlur(amount, (0, 0), 1.5)[..., None]
+                amount = np.asarray(cv2.resize(amount, (step * hw, step * hh), interpolation=cv2.INTER_LINEAR))[:h, :w]
+            amount = np.asarray(cv2.GaussianBlur(amount, (0, 0), 1.5))[..., None]
             soft = cv2.GaussianBlur(warped, (0, 0), 1.2)
             warped = np.clip(warped * (1.0 - amount) + soft * amount + 0.5, 0, 255).astype(np.uint8)
         # Pixels of triangles that did not move stay bit-exact (interpolation at the edge of the
