@@ -1,15 +1,18 @@
 """Photo avatars: a portrait that talks, blinks and moves its head, driven by ``FaceState``.
 
 Drawing a frame is cheap because almost nothing is drawn: the framed portrait is the cached
-base; the mouth and each eye are small regions of it (ROIs) warped on the face mesh by a
-piecewise-affine map and cached by their quantised parameters; a subtle head motion is one
+base; the mouth and the eyes are two regions of it (ROIs) warped on the face mesh by a
+piecewise-affine map (only its moving triangles are rasterised; the mouth's map on a
+half-resolution grid) and cached by their quantised parameters; a subtle head motion is one
 ``cv2.remap`` of the head region. Nothing but those ROIs is ever touched, so pixels away from
-the face stay exactly the photo's.
+the face stay exactly the photo's; a region is pasted only where its triangles lie, so
+overlapping ROIs never undo each other.
 
 No seams: each region is the set of mesh triangles touching a vertex that can move, so every
 vertex on the region's border is fixed and the warp is continuous and equal to the identity
 there; displacements also fade out smoothly towards the border (a feathered warp). The head
-motion's displacement fades to zero over a band around the head in the same way.
+motion's displacement fades to zero over a band around the head in the same way, and moves
+the background (known from the person matte) at a third of the head's amplitude.
 
 Mouth: the inner lips part by ``open * MOUTH_GAP_AT_FULL_OPEN`` eye distances (the lower lip
 and jaw take 72 % of it), corners and lips move for width, rounding, pressing, tucking and
@@ -149,7 +152,6 @@ class PhotoAvatar:
         self._mouth_cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._eye_cache: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
         self._build_head_motion()
-        self._ys, self._xs = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
 
     # ---------------------------------------------------------------- set-up
 
