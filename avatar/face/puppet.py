@@ -223,7 +223,11 @@ class FacePuppet:
         return self._calibrator.current if self._calibrator else DEFAULT_CALIBRATION
 
     def push(self, frame_rgb: np.ndarray, t: float) -> None:
-        """Track one webcam frame (RGB uint8, any size) captured at stage time ``t`` (s)."""
+        """Track one webcam frame (RGB uint8, any size) captured at stage time ``t`` (s).
+
+        Blocks for the tracking (about 5 ms for 640x480 on one core). A caller receiving
+        frames faster than that should track the newest and drop the ones that queued up:
+        the smoothing copes with an uneven frame rate."""
         faces = self.tracker.landmarks(frame_rgb)
         cues = measure_cues(faces[0]) if faces else None
         self.push_cues(cues, t)
