@@ -41,3 +41,9 @@ async def client(
 @pytest.fixture
 def auth() -> dict[str, str]:
     return {"Authorization": f"Bearer {API_TOKEN}"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit and integration tests first, real-browser tests last (slowest, and Playwright's sync
+    API must not be open while asyncio tests run)."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)

@@ -93,8 +93,10 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
     stop_server(srv)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium for one test module. Playwright's sync API runs its own event loop while open,
+    so it must be closed before any asyncio test runs (hence module scope, and e2e tests last)."""
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
         pytest.fail(f"Chromium not found at {CHROMIUM}: run scripts/setup.sh --dev (installs Debian's chromium)")
     from playwright.sync_api import sync_playwright
