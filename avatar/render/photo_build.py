@@ -184,33 +184,37 @@ def frame_portrait(
         short = eye_distance / fraction
         return (short * aspect, short) if aspect >= 1 else (short, short / aspect)
 
-    def corners(fraction: float) -> np.ndarray:
+    def corners(fraction: float, eye_y: float) -> np.ndarray:
         cw, ch = crop_size(fraction)
         local = np.array([[0, 0], [cw, 0], [cw, ch], [0, ch]], dtype=np.float64)
-        local -= (FRAME_EYE_X * cw, FRAME_EYE_Y * ch)
+        local -= (FRAME_EYE_X * cw, eye_y * ch)
         c, s = math.cos(roll), math.sin(roll)
         rot = np.array([[c, -s], [s, c]])
         return np.asarray(local @ rot.T + eyes)
 
-    def inside(fraction: float) -> bool:
-        pts = corners(fraction)
-        return bool((pts[:, 0] >= -0.5).all() and (pts[:, 0] <= w - 0.5).all() and (pts[:, 1] >= -0.5).all() and (pts[:, 1] <= h - 0.5).all())
+    def inside(fraction: float, eye_y: float) -> bool:
+        pts = corners(fraction, eye_y)
+        return bool(
+            (pts[:, 0] >= -0.5).all()
+            and (pts[:, 0] <= w - 0.5).all()
+            and (pts[:, 1] >= -0.5).all()
+            and (pts[:, 1] <= h - 0.5).all()
+        )
 
-    fraction = FRAME_EYE_DISTANCE
-    padded = not inside(fraction)
-    if padded:
-        # Zoom in (a tighter shot) as far as allowed before inventing border pixels.
-        for f in np.linspace(FRAME_EYE_DISTANCE, FRAME_EYE_DISTANCE_MAX, 17)[1:]:
-            if inside(float(f)):
-                fraction, padded = float(f), False
-                break
-        else:
-            fraction = FRAME_EYE_DISTANCE_MAX
+    # The preferred framing first; then, rather than invent border pixels, zoom in (a tighter
+    # shot) and raise the eye line (for photos cut just above the head), within limits.
+    choices = [
+        (float(f), eye_y)
+        for f in np.linspace(FRAME_EYE_DISTANCE, FRAME_EYE_DISTANCE_MAX, 9)
+        for eye_y in (FRAME_EYE_Y, FRAME_EYE_Y - 0.03, FRAME_EYE_Y - 0.06)
+    ]
+    fraction, eye_y = next(((f, y) for f, y in choices if inside(f, y)), (FRAME_EYE_DISTANCE_MAX, FRAME_EYE_Y))
+    padded = not inside(fraction, eye_y)
     cw, ch = crop_size(fraction)
     scale = min(1.0, MAX_CROP_SIDE / max(cw, ch))
     out_w = max(2, round(cw * scale))
     out_h = max(2, round(out_w / aspect))
-    src = corners(fraction)[[0, 1, 3]].astype(np.float32)
+    src = corners(fraction, eye_y)[[0, 1, 3]].astype(np.float32)
     dst = np.array([[0, 0], [out_w, 0], [0, out_h]], dtype=np.float32)
     affine = cv2.getAffineTransform(src, dst)
     interp = cv2.INTER_AREA if scale < 0.999 else cv2.INTER_CUBIC
