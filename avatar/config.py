@@ -70,6 +70,25 @@ class Settings:
     tts_fallback_timeout: float = 1.0
     voices: dict[str, VoiceChoice] = field(default_factory=_default_voices)
     edge_tts_url: str | None = None  # override the edge-tts websocket endpoint (tests, proxies)
+    # [listening]
+    asr_engine: str = "whisper"  # "whisper" (local faster-whisper) or "openai" (a transcription endpoint)
+    asr_model_dir: Path | None = None  # a CTranslate2 Whisper model; default: the embedded tiny.en
+    asr_url: str | None = None
+    asr_model: str = "whisper-1"
+    asr_api_key: str | None = None
+    asr_timeout: float = 10.0
+    asr_cpu_threads: int = 2
+    end_of_turn: float = 0.6  # seconds of silence that end the customer's turn
+    ignore_backchannel: bool = True  # "uh-huh", "嗯" while the avatar speaks do not interrupt it
+    silence_prompt_after: float = 20.0  # seconds of customer silence before a gentle prompt
+    silence_close_after: float = 60.0  # ... and before a polite goodbye
+    # [brain]
+    driver: str = "brain"  # who answers customers: "brain" (the dialogue brain) or "echo"
+    kb_path: Path | None = None  # a knowledge-base file or folder; default: the shipped one
+    llm_url: str | None = None  # an OpenAI-compatible chat endpoint to rephrase answers (off when unset)
+    llm_model: str = "qwen2.5:7b-instruct"
+    llm_api_key: str | None = None
+    llm_timeout: float = 4.0
 
     def voice_for(self, avatar: str, lang: str) -> VoiceChoice:
         """The configured voice for ``avatar`` speaking ``lang``, falling back to ``*:lang``."""
@@ -87,6 +106,8 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             if isinstance(value, bool):
                 raise TypeError
             return int(value)
+        if typ == "float | None":
+            return None if value in (None, "") else float(value)
         if typ in ("float", float):
             if isinstance(value, bool):
                 raise TypeError
@@ -204,3 +225,12 @@ def _validate(s: Settings) -> None:
         raise ConfigError("max_sessions: must be at least 1")
     if s.video_codec not in ("H264", "VP8"):
         raise ConfigError(f"video_codec: {s.video_codec!r} is not H264 or VP8")
+    if s.driver not in ("brain", "echo"):
+        raise ConfigError(f"driver: {s.driver!r} is not brain or echo")
+    if s.asr_engine not in ("whisper", "openai"):
+        raise ConfigError(f"asr_engine: {s.asr_engine!r} is not whisper or openai")
+    if s.asr_engine == "openai" and not s.asr_url:
+        raise ConfigError("asr_url: required when asr_engine is openai")
+    for key in ("end_of_turn", "asr_timeout", "llm_timeout", "tts_fallback_timeout"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"{key}: must be positive")

@@ -58,6 +58,7 @@ def start_server(tmp: Path, env_extra: dict[str, str] | None = None, token: str 
         "AVATAR_DATA_DIR": str(data_dir),
         "AVATAR_API_TOKEN": token,
         "HF_HUB_OFFLINE": "1",
+        "AVATAR_DRIVER": "echo",
         **(env_extra or {}),
     }
     with log.open("wb") as fh:
