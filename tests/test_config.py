@@ -65,7 +65,7 @@ def test_unknown_key_and_broken_file(tmp_path: Path) -> None:
         load_settings(bad, env={})
     broken = tmp_path / "broken.toml"
     broken.write_text("port = = 1", encoding="utf-8")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         load_settings(broken, env={})
-    with pytest.raises(ConfigError, match="missing.toml"):
+    with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_settings(tmp_path / "missing.toml", env={})
