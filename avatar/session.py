@@ -78,6 +78,8 @@ class Session:
         self.closed = asyncio.Event()
         self.last_customer_text: str | None = None
         self.mode = "call"
+        self.last_reply: dict[str, Any] | None = None  # the brain's last reply (for operators)
+        self.handoff_reason: str | None = None  # set while the session waits for a human
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +137,11 @@ class Session:
     def state(self) -> str:
         return self.speaker.state
 
+    def request_handoff(self, reason: str) -> None:
+        """The AI cannot help: mark the session as waiting for a human operator."""
+        self.handoff_reason = reason
+        log.info("session %s waits for a human: %s", self.id, reason)
+
     def _line_done(self, line: Line) -> None:
         text = line.heard_text() if line.interrupted else line.text
         if line.interrupted and not text:
@@ -185,6 +192,7 @@ class Session:
             "driver": self.driver.name,
             "created": self.created,
             "last_customer_text": self.last_customer_text,
+            "handoff_reason": self.handoff_reason,
         }
 
 
