@@ -188,8 +188,7 @@ async def test_mirror_mode_webcam_drives_the_avatar_face(client: TestClient) -> 
             return frame
 
     customer = RtcCustomer()
-    customer.pc.getTransceivers()[1].stop()  # replace the recvonly video with a sendrecv camera
-    customer.pc.addTrack(Webcam())
+    customer.pc.addTrack(Webcam())  # the video transceiver now sends the camera too
     body = await customer.offer()
     resp = await client.post("/api/offer", json={**body, "mode": "mirror"})
     assert resp.status == 200, await resp.text()

@@ -61,6 +61,9 @@ class SessionManager:
         self.peers: dict[str, Peer] = {}
         self._pending = 0  # offers being answered count against the limit too
         self.driver_factory = driver_factory or EchoDriver
+        # Called with each session once it is live, and when it ends (the operator desk).
+        self.on_session_start: list[Callable[[Session], None]] = []
+        self.on_session_end: list[Callable[[Session], None]] = []
         self._mouth = make_mouth_builder()
 
     def get(self, session_id: str) -> Session | None:
@@ -124,6 +127,8 @@ class SessionManager:
         self.sessions[session.id] = session
         self.peers[session.id] = peer
         session.start()
+        for hook in list(self.on_session_start):
+            hook(session)
         log.info("session %s started (avatar %s)", session.id, avatar)
         local = pc.localDescription
         return session, local
@@ -156,8 +161,14 @@ class SessionManager:
                 from avatar.face.puppet import FacePuppet
                 from avatar.mirror import drive_from_track
 
-                puppet = FacePuppet(self.engines.face_tracker())
+                puppet = FacePuppet(self.engines.face_tracker(), mirror=True)  # moves like the self-view
                 session.spawn(drive_from_track(track, session.stage, puppet, self.engines.render_pool), "mirror")
+                return
+            if track.kind == "audio" and session.mode == "call":
+                from avatar.listener import listen
+
+                # The customer's microphone: heard for turns, partial transcripts and barge-in.
+                session.spawn(listen(session, track, self.engines), "listen")
                 return
             # Any other inbound media: consumed so nothing queues up in aiortc.
             session.spawn(drain(track), f"drain-{track.kind}")
@@ -173,6 +184,8 @@ class SessionManager:
         if session is None:
             return False
         await session.close()
+        for hook in list(self.on_session_end):
+            hook(session)
         if peer is not None:
             with contextlib.suppress(Exception):
                 await peer.pc.close()
