@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "avatar.server.cli",
     "avatar.render.cli",
     "avatar.avatars_cli",
+    "avatar.operator.cli",
 )
 
 

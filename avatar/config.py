@@ -89,6 +89,11 @@ class Settings:
     llm_model: str = "qwen2.5:7b-instruct"
     llm_api_key: str | None = None
     llm_timeout: float = 4.0
+    # [operator]
+    takeover_cut: bool = True  # on takeover, cut the AI's current line (false: let it finish)
+    operator_grace: float = 30.0  # seconds a disconnected operator keeps their sessions
+    operator_token_ttl: float = 8 * 3600.0  # seconds an operator's sign-in lasts
+    holding_line: str = "Let me bring in a colleague who can help you with that. Please stay with me for a moment."
 
     def voice_for(self, avatar: str, lang: str) -> VoiceChoice:
         """The configured voice for ``avatar`` speaking ``lang``, falling back to ``*:lang``."""
@@ -231,6 +236,10 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"asr_engine: {s.asr_engine!r} is not whisper or openai")
     if s.asr_engine == "openai" and not s.asr_url:
         raise ConfigError("asr_url: required when asr_engine is openai")
+    if s.operator_grace < 0:
+        raise ConfigError("operator_grace: must not be negative")
+    if s.operator_token_ttl <= 0:
+        raise ConfigError("operator_token_ttl: must be positive")
     for key in ("end_of_turn", "asr_timeout", "llm_timeout", "tts_fallback_timeout"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"{key}: must be positive")

@@ -1,0 +1,1 @@
+"""The operator side: accounts, sign-in tokens, the takeover desk and the live event hub."""
