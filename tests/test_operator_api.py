@@ -31,11 +31,12 @@ async def sign_in(client: TestClient, name: str) -> dict[str, str]:  # type: ign
 
 
 async def wait_until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    async def poll() -> None:
-        while not predicate():
-            await asyncio.sleep(0.02)
-
-    await asyncio.wait_for(poll(), within)
+    """Poll ``predicate`` (state changed by other tasks) until it holds; fail after ``within`` s."""
+    for _ in range(int(within / 0.02)):
+        if predicate():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"condition not met within {within} s")
 
 
 async def test_auth_failures(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
