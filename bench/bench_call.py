@@ -79,7 +79,7 @@ LONG_LINES = (
 @dataclass
 class Turn:
     text: str
-    kind: str  # "short" | "long" | "cold"
+    kind: str  # "short" | "long" | "first"
     sent: float  # monotonic, on the customer
     handled: float = math.nan  # the session got the data-channel message
     synth_start: float = math.nan  # first sentence handed to TTS
@@ -122,9 +122,10 @@ def first_voiced_frame(segment_start: int, audio: np.ndarray) -> int | None:
 
 
 async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[Turn], dict[str, Any]]:
-    """Drive ``turns`` warm turns (plus one cold one first) through one live session."""
+    """Drive one first turn, then ``turns`` more (half short, half long lines), through one live
+    session; the server warms its voices up at start, so the first turn shows what is left cold."""
     rng = random.Random(2)
-    plan = [("cold", SHORT_LINES[0])]
+    plan = [("first", SHORT_LINES[0])]
     for i in range(turns):
         kind, lines = ("short", SHORT_LINES) if i % 2 == 0 else ("long", LONG_LINES)
         plan.append((kind, lines[(i // 2) % len(lines)]))
@@ -216,13 +217,13 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
     return done, extra
 
 
-def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str) -> str:
-    cold = [t for t in turns if t.kind == "cold"]
-    warm = [t for t in turns if t.kind != "cold"]
+def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given: str = "") -> str:
+    first = [t for t in turns if t.kind == "first"]
+    warm = [t for t in turns if t.kind != "first"]
     lines = [
         "## Live call: typed text to first audio",
         "",
-        f"`{COMMAND} latency` (options: `--turns`, `--avatar`, `--no-write`)",
+        f"`{COMMAND} latency{given}` (options: `--turns`, `--avatar`, `--codec`, `--no-write`)",
         "",
         f"One live session (avatar {avatar}, {extra.get('codec', '?')} video, Piper `en_US-joe-medium`, the echo driver) on the real app in "
         'this process, an aiortc customer on 127.0.0.1. Each turn sends `{"type": "text"}` on the data '
@@ -235,7 +236,7 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str) -> st
         "|---|---|---|---|---|---|",
     ]
     for label, group in (
-        (f"all warm ({len(warm)})", warm),
+        (f"all turns after the first ({len(warm)})", warm),
         (f"short lines ({sum(t.kind == 'short' for t in warm)})", [t for t in warm if t.kind == "short"]),
         (f"long lines ({sum(t.kind == 'long' for t in warm)})", [t for t in warm if t.kind == "long"]),
     ):
@@ -245,13 +246,13 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str) -> st
             f"| {label} | {h.ms(h.median(totals))} | {h.ms(h.p95(totals))} | {h.ms(max(totals))} "
             f"| {h.ms(h.median(decoded))} | {h.ms(h.p95(decoded))} |"
         )
-    if cold:
+    if first:
         lines.append(
-            f"| first turn of a fresh server (cold TTS) | {h.ms(cold[0].total)} | | | {h.ms(cold[0].decoded - cold[0].sent)} | |"
+            f"| the session's first turn (not in the rows above) | {h.ms(first[0].total)} | | | {h.ms(first[0].decoded - first[0].sent)} | |"
         )
     lines += [
         "",
-        "Where the time goes (warm turns; each step's median and p95, so the medians need not add up exactly):",
+        "Where the time goes (turns after the first; each step's median and p95, so the medians need not add up exactly):",
         "",
         "| step | short median | short p95 | long median | long p95 |",
         "|---|---|---|---|---|",
@@ -720,7 +721,7 @@ async def run_avsync(minutes: float, avatar: str, codec: str | None, inject_lag:
     return SyncResult(seconds, window, whole, windows, send_delays(cap), cap, probe.box, inject_lag)
 
 
-def avsync_section(r: SyncResult, avatar: str, check: SyncResult | None = None) -> str:
+def avsync_section(r: SyncResult, avatar: str, check: SyncResult | None = None, given: str = "") -> str:
     def off(name: str) -> str:
         value = r.whole[name][0]
         return "n/a" if not math.isfinite(value) else f"{value * 1000:+.0f}"
@@ -730,11 +731,11 @@ def avsync_section(r: SyncResult, avatar: str, check: SyncResult | None = None) 
         return "n/a" if not math.isfinite(d) else f"{d * 1000:+.0f}"
 
     minutes = r.seconds / 60.0
-    cmd = f"{COMMAND} avsync" + ("" if minutes == 2 else f" --minutes {minutes:g}")
+    cmd = f"{COMMAND} avsync{given}"
     lines = [
         "## Live call: A/V offset and drift",
         "",
-        f"`{cmd}` (options: `--minutes` (default 2), `--avatar`, `--no-write`)",
+        f"`{cmd}` (options: `--minutes` (default 2), `--check-lag`, `--avatar`, `--codec`, `--no-write`)",
         "",
         f"One live session (avatar {avatar}, 512x512 at {r.cap.fps} fps, {r.cap.codec}, Piper) on the real app in this process, "
         f"speaking {r.cap.lines} lines with 0.4-1.2 s pauses over {minutes:g} min, received by an aiortc customer "
@@ -1182,10 +1183,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     codec = None if args.codec == "offer-order" else args.codec
     if args.turns < 2:
         parser.error("--turns must be at least 2")
+    if args.minutes <= 0 or args.window <= 0 or args.start < 1 or args.step < 1 or args.max < args.start:
+        parser.error(
+            "--minutes and --window must be positive, --start and --step at least 1, --max >= --start"
+        )
+
+    def flags(*names: str) -> str:
+        """The options given with other than their defaults, as typed, for the reproduce line."""
+        out = ""
+        for name in names:
+            value, default = getattr(args, name), parser.get_default(name)
+            if value == default:
+                continue
+            option = "--" + name.replace("_", "-")
+            out += (
+                f" {option}"
+                if value is True
+                else f" {option} {value:g}"
+                if isinstance(value, float | int)
+                else f" {option} {value}"
+            )
+        return out
+
     if args.what in ("latency", "all"):
         turns, extra = asyncio.run(h.bounded(run_latency(args.turns, args.avatar, codec), 900.0, "latency"))
         print_latency(turns)
-        section = latency_section(turns, extra, args.avatar)
+        section = latency_section(turns, extra, args.avatar, flags("turns", "avatar", "codec"))
         print(section)
         if not args.no_write:
             h.write_section("call-latency", section)
@@ -1193,36 +1216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = asyncio.run(
             h.bounded(run_avsync(args.minutes, args.avatar, codec), args.minutes * 60 + 900.0, "avsync")
         )
-        check = (
-            asyncio.run(
-                h.bounded(
-                    run_avsync(0.75, args.avatar, codec, args.check_lag / 1000.0), 900.0, "avsync check"
-                )
-            )
-            if args.check_lag
-            else None
-        )
-        section = avsync_section(result, args.avatar, check)
+        check = None
+        if args.check_lag:
+            checking = run_avsync(0.75, args.avatar, codec, args.check_lag / 1000.0)
+            check = asyncio.run(h.bounded(checking, 900.0, "avsync check"))
+        section = avsync_section(result, args.avatar, check, flags("minutes", "check_lag", "avatar", "codec"))
         print(section)
         if not args.no_write:
             h.write_section("call-avsync", section)
     if args.what in ("capacity", "all"):
         sweep = run_capacity(args.start, args.step, args.max, args.avatar, args.window, args.profile, codec)
         rows, prof, negotiated = asyncio.run(h.bounded(sweep, 3600.0, "capacity"))
-        flags = "".join(
-            f" --{name} {value:g}"
-            for name, value, default in (
-                ("start", args.start, 4),
-                ("step", args.step, 4),
-                ("max", args.max, 48),
-                ("window", args.window, 10.0),
-            )
-            if value != default
-        )
-        flags += (" --profile" if args.profile else "") + (
-            "" if args.codec == "H264" else f" --codec {args.codec}"
-        )
-        section = capacity_section(rows, prof, args.avatar, args.window, flags, negotiated)
+        given = flags("start", "step", "max", "window", "profile", "avatar", "codec")
+        section = capacity_section(rows, prof, args.avatar, args.window, given, negotiated)
         print(section)
         if not args.no_write:
             h.write_section("call-capacity", section)
