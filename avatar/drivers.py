@@ -40,3 +40,26 @@ class BrainDriver:
             session.say(reply.text, lang=reply.lang)
         if reply.action == "handoff":
             session.request_handoff(reply.reason or "the brain asked for a human")
+
+
+def load_brain(settings: Any) -> Any:
+    """Load the dialogue brain the settings describe (the shipped knowledge base unless
+    ``kb_path`` is set; the optional LLM when ``llm_url`` is set). Blocking: the first load
+    learns the knowledge base (cached under the data directory afterwards)."""
+    from avatar.brain import Brain, LLMSettings
+
+    llm = None
+    if settings.llm_url:
+        llm = LLMSettings(
+            url=settings.llm_url, model=settings.llm_model, api_key=settings.llm_api_key, timeout=settings.llm_timeout
+        )
+    return Brain.load(settings.kb_path, settings.data_dir, llm=llm)
+
+
+def make_driver(settings: Any, brain: Any) -> Any:
+    """A new driver for one session: the brain when configured and loaded, else the echo driver."""
+    from avatar.session import EchoDriver
+
+    if settings.driver == "brain" and brain is not None:
+        return BrainDriver(brain)
+    return EchoDriver()

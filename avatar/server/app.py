@@ -3,6 +3,7 @@ keys, built and torn down in ``cleanup_ctx``."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -61,6 +62,11 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if owned:
         app[ENGINES] = Engines.build(settings)
     engines = app[ENGINES]
+    if settings.driver == "brain" and engines.brain is None:
+        from avatar.drivers import load_brain
+
+        log.info("loading the dialogue brain (the first start learns the knowledge base: up to a minute)")
+        engines.brain = await asyncio.to_thread(load_brain, settings)
     await engines.warm_up()
     app[SESSIONS] = SessionManager(engines, settings)
     yield
@@ -72,7 +78,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(settings: Settings, engines: Engines | None = None) -> web.Application:
     """Build the application. ``engines`` may be passed in (tests share one set)."""
-    from avatar.server import routes
+    from avatar.server import operator_routes, routes
 
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[error_middleware])
     app[SETTINGS] = settings
@@ -80,6 +86,7 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
         app[ENGINES] = engines
     app[API_TOKEN] = load_or_create_token(settings.api_token, settings.data_dir)
     app.cleanup_ctx.append(_engines_ctx)
+    operator_routes.setup(app)
     routes.setup_routes(app, settings.web_dir or default_web_dir())
     return app
 

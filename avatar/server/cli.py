@@ -58,5 +58,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5.0)
     except OSError as exc:
-        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+        raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # a knowledge base or avatar that cannot be loaded at start
+        raise CliError(str(exc)) from exc
     return 0

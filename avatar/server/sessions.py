@@ -16,10 +16,11 @@ from aiortc.mediastreams import MediaStreamTrack
 
 from avatar.clock import MediaClock
 from avatar.config import Settings
+from avatar.drivers import make_driver
 from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
-from avatar.session import Driver, EchoDriver, Session, TTSSpeechSource
+from avatar.session import Driver, Session, TTSSpeechSource
 from avatar.speaker import Speaker
 from avatar.stage import Stage
 
@@ -60,7 +61,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.peers: dict[str, Peer] = {}
         self._pending = 0  # offers being answered count against the limit too
-        self.driver_factory = driver_factory or EchoDriver
+        self.driver_factory = driver_factory  # None: as configured (see avatar.drivers.make_driver)
         # Called with each session once it is live, and when it ends (the operator desk).
         self.on_session_start: list[Callable[[Session], None]] = []
         self.on_session_end: list[Callable[[Session], None]] = []
@@ -84,7 +85,8 @@ class SessionManager:
         def speaker_factory(stage: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
             return Speaker(stage, source, self._mouth, emit)
 
-        session = Session(stage, speaker_factory, self.driver_factory(), avatar)
+        driver = self.driver_factory() if self.driver_factory else make_driver(self.settings, self.engines.brain)
+        session = Session(stage, speaker_factory, driver, avatar)
         return session
 
     async def create_from_offer(
