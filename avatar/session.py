@@ -1,6 +1,11 @@
 """A session: one conversation. A customer peer, a stage, a speaker, a transcript and the
 current driver (the AI brain, an operator, a script). Takeover is a driver switch; the
 stage, voice and face stay as they are, so the customer cannot tell.
+
+The state the page shows is one value: ``speaking`` while the avatar's voice plays,
+otherwise the conversation's activity: ``listening`` while the customer holds the turn,
+``thinking`` from the end of their turn until the answer starts, ``idle`` between turns.
+The speaker reports its own state; the listener (``avatar.listener``) sets the activity.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from avatar.clock import AUDIO_RATE
 from avatar.speaker import Line, Speaker
 from avatar.stage import Stage
 from avatar.timeline import SpeechChunk
@@ -48,6 +54,7 @@ class TranscriptEntry:
     at: float  # wall-clock time (epoch seconds)
     interrupted: bool = False
     meta: dict[str, Any] = field(default_factory=dict)
+    started: float | None = None  # when the utterance began (epoch seconds); ``at`` is its end
 
 
 class EventSink(Protocol):
@@ -73,13 +80,24 @@ class Session:
         self.transcript: list[TranscriptEntry] = []
         self._sinks: list[EventSink] = []
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.speaker = speaker_factory(stage, self.emit)
+        self._replies: set[asyncio.Task[Any]] = set()  # drivers answering the customer now
+        self.activity = "idle"  # "idle", "listening" or "thinking" (see the module docstring)
+        self._published_state = "idle"
+        # The speaker's state events pass through the session, which merges in the activity.
+        self.speaker = speaker_factory(stage, self._speaker_event)
         self.speaker.on_line_done = self._line_done
         self.closed = asyncio.Event()
         self.last_customer_text: str | None = None
+        #: Stage-clock time of the customer's latest typed or spoken line (silence timers).
+        self.customer_active_at = stage.clock.time()
         self.mode = "call"
+        self.listener: Any = None  # the avatar.listener.Listener hearing the customer's microphone
         self.last_reply: dict[str, Any] | None = None  # the brain's last reply (for operators)
         self.handoff_reason: str | None = None  # set while the session waits for a human
+        self.customer_id: str | None = None  # the bank's customer id, when the page passes one
+        # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
+        self.recorders: list[Callable[[Session, TranscriptEntry], None]] = []
+        self.handoff_listeners: list[Callable[[Session, str], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -131,32 +149,94 @@ class Session:
         return self.speaker.say(text, lang=lang, interrupt=interrupt, speaker=speaker)
 
     def interrupt(self) -> Line | None:
+        """Stop the avatar at once: cancel the driver's answer in progress (so it cannot queue
+        more lines), drop queued lines and flush the stage. Returns the line that was cut; the
+        transcript records what of it was heard, marked interrupted, once the speaker lets go
+        of it. A driver calling this from its own answer is not cancelled."""
+        current = asyncio.current_task()
+        for task in list(self._replies):
+            if task is not current and not task.done():
+                task.cancel()
         return self.speaker.interrupt()
 
     @property
     def state(self) -> str:
-        return self.speaker.state
+        return "speaking" if self.speaker.state == "speaking" else self.activity
+
+    def set_activity(self, activity: str) -> None:
+        """Set what the conversation is doing besides the avatar speaking ("idle", "listening",
+        "thinking"); a ``state`` event goes out when the page's state changes."""
+        if activity not in ("idle", "listening", "thinking"):
+            raise ValueError(f"unknown activity {activity!r}")
+        self.activity = activity
+        self._publish_state()
+
+    def _speaker_event(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "state":
+            self.emit(message)
+            return
+        if message.get("state") == "speaking" and self.activity == "thinking":
+            self.activity = "idle"  # the answer has started
+        self._publish_state()
+
+    def _publish_state(self) -> None:
+        state = self.state
+        if state != self._published_state:
+            self._published_state = state
+            self.emit({"type": "state", "state": state})
 
     def request_handoff(self, reason: str) -> None:
         """The AI cannot help: mark the session as waiting for a human operator."""
         self.handoff_reason = reason
         log.info("session %s waits for a human: %s", self.id, reason)
+        for listener in list(self.handoff_listeners):
+            listener(self, reason)
+
+    def record(self, entry: TranscriptEntry) -> None:
+        """Append to the transcript and tell the recorders (the audit trail) at once."""
+        self.transcript.append(entry)
+        for recorder in list(self.recorders):
+            try:
+                recorder(self, entry)
+            except Exception:
+                log.exception("session %s: transcript recorder failed", self.id)
 
     def _line_done(self, line: Line) -> None:
         text = line.heard_text() if line.interrupted else line.text
         if line.interrupted and not text:
             return  # cut before a word was heard
-        self.transcript.append(
-            TranscriptEntry(speaker=line.speaker, text=text, at=time.time(), interrupted=line.interrupted)
+        now = time.time()
+        heard = sum(((s.cut_at if s.cut_at is not None else s.end) - s.start) / AUDIO_RATE for s in line.segments)
+        self.record(
+            TranscriptEntry(speaker=line.speaker, text=text, at=now, interrupted=line.interrupted, started=now - heard)
+        )
+        self.emit(
+            {"type": "transcript", "speaker": line.speaker, "text": text, "final": True, "interrupted": line.interrupted}
         )
 
     # -- the customer ------------------------------------------------------------------
     async def customer_text(self, text: str) -> None:
-        """A line typed (or, later, spoken) by the customer: record it, hand it to the driver."""
+        """A line typed or spoken by the customer: record it, hand it to the driver.
+
+        The driver's answer runs in the calling task; ``interrupt`` cancels it (the customer
+        cut in), which ends this call with ``CancelledError``."""
         self.last_customer_text = text
-        self.transcript.append(TranscriptEntry(speaker="customer", text=text, at=time.time()))
+        self.customer_active_at = self.stage.clock.time()
+        self.record(TranscriptEntry(speaker="customer", text=text, at=time.time()))
         self.emit({"type": "transcript", "speaker": "customer", "text": text, "final": True})
-        await self.driver.on_customer_text(self, text)
+        task = asyncio.current_task()
+        if task is not None:
+            self._replies.add(task)
+        try:
+            await self.driver.on_customer_text(self, text)
+        finally:
+            if task is not None:
+                self._replies.discard(task)
+
+    def customer_partial(self, text: str) -> None:
+        """What the customer has said so far in the turn in progress (a provisional transcript)."""
+        self.customer_active_at = self.stage.clock.time()
+        self.emit({"type": "transcript", "speaker": "customer", "text": text, "final": False})
 
     def handle_message(self, raw: str | bytes) -> None:
         """A message from the customer's ``events`` data channel. Bad messages get an ``error``
@@ -194,6 +274,12 @@ class Session:
             "last_customer_text": self.last_customer_text,
             "handoff_reason": self.handoff_reason,
         }
+
+    def transcript_dicts(self) -> list[dict[str, Any]]:
+        """The stored transcript as JSON-ready dicts: speaker, text, at (epoch s), interrupted."""
+        return [
+            {"speaker": e.speaker, "text": e.text, "at": e.at, "interrupted": e.interrupted} for e in self.transcript
+        ]
 
 
 class TTSSpeechSource:

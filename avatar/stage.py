@@ -163,7 +163,8 @@ class Stage:
             kept: list[Segment] = []
             for seg in self._segments:
                 if seg.start >= cut:
-                    continue  # never heard: drop
+                    seg.cut_at = seg.start  # never heard: drop (and its words count as unheard)
+                    continue
                 if seg.end > cut:
                     stop = min(seg.end, cut + fade)
                     audio = seg.audio[: stop - seg.start].copy()
