@@ -268,3 +268,67 @@ async def collect_until(ws: Any, predicate: Callable[[dict[str, Any]], bool]) ->
 
     return await asyncio.wait_for(read(), 15)
 
+
+
+class HandoffDriver:
+    """A stand-in for the brain: asks for a human when the customer does, else echoes."""
+
+    name = "brain"
+
+    async def on_customer_text(self, session: Any, text: str) -> None:
+        if "human" in text:
+            session.say("I will find a colleague for you.")
+            session.request_handoff("customer asked for a human")
+        else:
+            session.say(text)
+
+
+async def test_handoff_request_alerts_operators_and_holds_the_customer(client: TestClient) -> None:  # type: ignore[type-arg]
+    client.app[SESSIONS].driver_factory = HandoffDriver
+    desk = ops(client).desk
+    customer, sid = await connect(client)
+    alice = await sign_in(client, "alice")
+    try:
+        ws = await client.ws_connect("/api/operator/ws", headers=alice)
+        assert (await ws.receive_json())["type"] == "hello"
+        customer.send({"type": "text", "text": "I want a human please"})
+        alert = (await collect_until(ws, lambda m: m["type"] == "alert"))[-1]
+        assert (alert["session_id"], alert["reason"]) == (sid, "customer asked for a human")
+        assert desk.summary(sid)["control"] == "waiting" and desk.summary(sid)["waited"] is not None
+        # The customer hears the holding line, and again when they speak while waiting.
+        holding = desk.holding_line
+        await customer.wait_for_event(lambda e: e["type"] == "caption" and holding.startswith(e["text"]))
+        customer.send({"type": "text", "text": "hello?"})
+        session = client.app[SESSIONS].get(sid)
+        assert session is not None
+        await wait_until(lambda: sum(1 for e in session.transcript if e.text == holding) >= 2, within=30)
+        assert not any(e.speaker == "ai" and e.text == "hello?" for e in session.transcript)  # not echoed
+        assert desk.summaries()[0]["session_id"] == sid  # waiting sessions come first
+
+        assert (await client.post(f"/api/sessions/{sid}/takeover", headers=alice)).status == 200
+        events = ops(client).store.events(sid)
+        assert [e.kind for e in events] == ["handoff_request", "takeover"]
+        assert events[1].detail is not None and events[1].detail["waited"] >= 0
+        assert (await client.post(f"/api/sessions/{sid}/handback", headers=alice)).status == 200
+        customer.send({"type": "text", "text": "Echo me"})
+        await customer.wait_for_event(lambda e: e["type"] == "caption" and e["text"].startswith("Echo me"))
+        assert session.handoff_reason is None
+        await ws.close()
+    finally:
+        await customer.close()
+
+
+def test_control_transitions_are_checked() -> None:
+    from avatar.operator.takeover import ALLOWED, Control, Seat, TransitionError
+
+    seat = Seat(session=None, ai_driver=None)  # type: ignore[arg-type]
+    seat.move(Control.WAITING)
+    seat.move(Control.OPERATOR)
+    try:
+        seat.move(Control.WAITING)
+    except TransitionError as exc:
+        assert "operator" in str(exc) and "waiting" in str(exc)
+    else:
+        raise AssertionError("operator -> waiting must be refused")
+    seat.move(Control.AI)
+    assert ALLOWED[Control.OPERATOR] == {Control.AI}
