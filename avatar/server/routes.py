@@ -107,7 +107,10 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 @routes.post("/api/sessions/{session_id}/say")
 async def say(request: web.Request) -> web.Response:
-    require_api_token(request, request.app[API_TOKEN])
+    from avatar.server.operator_routes import authorize_say
+
+    # The API token speaks as the AI; the operator holding the session speaks as themselves.
+    speaker = authorize_say(request, request.match_info["session_id"])
     session = session_or_404(request)
     body = await read_json_object(request)
     text = field(body, "text", str).strip()
@@ -119,7 +122,7 @@ async def say(request: web.Request) -> web.Response:
     lang = field(body, "lang", str, required=False)
     if lang not in (None, "en", "zh"):
         raise web.HTTPBadRequest(text="'lang' must be \"en\" or \"zh\"")
-    session.say(text, interrupt=interrupt, lang=lang)
+    session.say(text, interrupt=interrupt, lang=lang, speaker=speaker)
     return web.json_response({"status": "speaking" if interrupt else "queued", "session_id": session.id})
 
 
