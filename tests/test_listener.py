@@ -100,7 +100,12 @@ class Instant:
         self._inflight: set[asyncio.Future[Transcript]] = set()
 
     async def transcribe(
-        self, audio16k: np.ndarray, lang: str | None = None, prompt: str | None = None, *, partial: bool = False
+        self,
+        audio16k: np.ndarray,
+        lang: str | None = None,
+        prompt: str | None = None,
+        *,
+        partial: bool = False,
     ) -> Transcript:
         self.calls.append((audio16k.size / 16_000, partial))
         future = asyncio.ensure_future(self.inner.transcribe(audio16k, lang, prompt, partial=partial))
@@ -131,7 +136,12 @@ class Scripted:
         self.error = error
 
     async def transcribe(
-        self, audio16k: np.ndarray, lang: str | None = None, prompt: str | None = None, *, partial: bool = False
+        self,
+        audio16k: np.ndarray,
+        lang: str | None = None,
+        prompt: str | None = None,
+        *,
+        partial: bool = False,
     ) -> Transcript:
         if self.error is not None:
             raise self.error
@@ -189,7 +199,11 @@ class Rig:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(7))
 
     async def play(
-        self, audio16: np.ndarray, echo_delay: float | None = None, echo_db: float = -10.0, noise_db: float = -65.0
+        self,
+        audio16: np.ndarray,
+        echo_delay: float | None = None,
+        echo_db: float = -10.0,
+        noise_db: float = -65.0,
     ) -> None:
         """Send ``audio16`` as the customer's microphone, 20 ms at a time in media time, mixed
         with a little noise and, with ``echo_delay``, the avatar's own voice coming back."""
@@ -267,13 +281,17 @@ def test_reads_finished() -> None:
     assert not reads_finished("")
 
 
-async def test_a_spoken_question_becomes_one_customer_line(vad: VoiceActivityDetector, whisper: SpeechRecognizer) -> None:
+async def test_a_spoken_question_becomes_one_customer_line(
+    vad: VoiceActivityDetector, whisper: SpeechRecognizer
+) -> None:
     rig = make_rig(vad, whisper)
     try:
         await rig.play(np.concatenate([silence(0.5), clip("activate_card"), silence(1.5)]))
         assert len(rig.driver.texts) == 1
         assert words(rig.driver.texts[0]) == ["how", "do", "i", "activate", "my", "new", "card"]
-        finals = [e for e in rig.events if e["type"] == "transcript" and e["speaker"] == "customer" and e["final"]]
+        finals = [
+            e for e in rig.events if e["type"] == "transcript" and e["speaker"] == "customer" and e["final"]
+        ]
         assert [e["text"] for e in finals] == rig.driver.texts
         assert [e.speaker for e in rig.session.transcript] == ["customer"]
         # The question reads finished: the turn was taken on its words, with the speculative
@@ -295,7 +313,9 @@ async def test_a_pause_in_an_unfinished_sentence_does_not_split_the_turn(
     rig = make_rig(vad, whisper)
     try:
         # "I think I lost my debit card and" ... 0.45 s ... "What is my account balance?"
-        audio = np.concatenate([silence(0.3), clip("lost_card"), silence(0.45), clip("account_balance"), silence(2.0)])
+        audio = np.concatenate(
+            [silence(0.3), clip("lost_card"), silence(0.45), clip("account_balance"), silence(2.0)]
+        )
         await rig.play(audio)
         assert len(rig.driver.texts) == 1, rig.driver.texts
         said = words(rig.driver.texts[0])
@@ -309,7 +329,9 @@ async def test_a_pause_in_an_unfinished_sentence_does_not_split_the_turn(
         await rig.close()
 
 
-async def test_barge_in_cuts_the_avatar_and_the_transcript_keeps_what_was_heard(vad: VoiceActivityDetector) -> None:
+async def test_barge_in_cuts_the_avatar_and_the_transcript_keeps_what_was_heard(
+    vad: VoiceActivityDetector,
+) -> None:
     reply = "one two three four. five six seven eight. nine ten eleven twelve."
     rig = make_rig(vad, Scripted("Wait, stop. I have another question."))
     try:
@@ -340,7 +362,9 @@ async def test_the_avatars_own_voice_coming_back_does_not_interrupt_it(vad: Voic
     outcomes = {}
     for guarded in (True, False):
         config = ListenerConfig(bargein=BargeInConfig(echo_guard=guarded))
-        rig = make_rig(vad, Scripted("You can activate your new card."), config=config, source=ClipSource("avatar_reply"))
+        rig = make_rig(
+            vad, Scripted("You can activate your new card."), config=config, source=ClipSource("avatar_reply")
+        )
         try:
             rig.session.say(line)
             await rig.play(silence(9.0), echo_delay=0.12, echo_db=-10.0)
@@ -369,7 +393,9 @@ async def test_a_backchannel_over_the_avatar_is_not_a_turn(vad: VoiceActivityDet
 
 
 async def test_a_failing_recognizer_apologises_and_the_session_goes_on(vad: VoiceActivityDetector) -> None:
-    rig = make_rig(vad, Scripted(error=ASRError("the transcription endpoint answered HTTP 503")), source=LineSource())
+    rig = make_rig(
+        vad, Scripted(error=ASRError("the transcription endpoint answered HTTP 503")), source=LineSource()
+    )
     try:
         await rig.play(np.concatenate([clip("account_balance"), silence(1.5)]))
         assert rig.driver.texts == []
@@ -471,7 +497,7 @@ async def test_a_question_over_webrtc_is_transcribed_and_answered(
         # The echo driver says the question back: a caption, then sound on the audio track.
         caption = await customer.wait_for_event(lambda e: e["type"] == "caption", within=30)
         assert "activate" in caption["text"].lower()
-        await customer.wait_for_event(lambda e: e["type"] == "transcript" and e["speaker"] == "ai", within=30)
+        await customer.wait_for_event(lambda e: e["type"] == "transcript" and e["speaker"] == "avatar", within=30)
         assert max(customer.got.audio_rms) > 300
         resp = await client.get(f"/api/sessions/{session_id}/transcript", headers=auth)
         assert resp.status == 200

@@ -210,3 +210,12 @@ async def test_mirror_mode_webcam_drives_the_avatar_face(client: TestClient) -> 
         assert session.stage.face_at(t) == override.state_at(t)
     finally:
         await customer.close()
+
+
+def test_customer_never_sees_who_drives_the_avatar() -> None:
+    from avatar.server.sessions import for_customer
+
+    assert for_customer({"type": "caption", "speaker": "alice", "text": "hi"})["speaker"] == "avatar"
+    assert for_customer({"type": "caption", "speaker": "ai", "text": "hi"})["speaker"] == "avatar"
+    assert for_customer({"type": "transcript", "speaker": "customer", "text": "x"})["speaker"] == "customer"
+    assert for_customer({"type": "state", "state": "idle"}) == {"type": "state", "state": "idle"}

@@ -151,12 +151,3 @@ def setup_routes(app: web.Application, web_dir: Path) -> None:
     app.router.add_get("/", index)
     if web_dir.is_dir():
         app.router.add_static("/", web_dir, show_index=False, follow_symlinks=False)
-
-
-@routes.get("/api/sessions/{session_id}/transcript")
-async def session_transcript(request: web.Request) -> web.Response:
-    """The live session's stored transcript: ``{"session_id", "transcript": [{speaker, text, at,
-    interrupted}]}``, oldest first; an interrupted avatar line holds only the words heard."""
-    require_api_token(request, request.app[API_TOKEN])
-    session = session_or_404(request)
-    return web.json_response({"session_id": session.id, "transcript": session.transcript_dicts()})

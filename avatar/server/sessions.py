@@ -52,6 +52,15 @@ def make_mouth_builder() -> Callable[..., Any]:
     return build
 
 
+def for_customer(message: dict[str, Any]) -> dict[str, Any]:
+    """What the customer's page may see of a session event: whoever drives the avatar (the AI
+    or an operator, by name), the customer sees only "avatar", so a takeover is invisible."""
+    speaker = message.get("speaker")
+    if speaker is not None and speaker != "customer":
+        return {**message, "speaker": "avatar"}
+    return message
+
+
 class SessionManager:
     def __init__(
         self, engines: Engines, settings: Settings | None = None, driver_factory: Callable[[], Driver] | None = None
@@ -141,7 +150,7 @@ class SessionManager:
         def send(message: dict[str, Any]) -> None:
             channel = peer.channel
             if channel is not None and channel.readyState == "open":
-                channel.send(json.dumps(message, ensure_ascii=False))
+                channel.send(json.dumps(for_customer(message), ensure_ascii=False))
 
         session.add_sink(send)
 
