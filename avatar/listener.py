@@ -7,17 +7,22 @@ One ``Listener`` per session with a microphone. Each inbound audio frame (aiortc
         -> BargeInGuard (far end: the stage's outgoing audio; the speaker's state)
         -> Endpointer (speech start, pause, end of turn)
 
-on the stage's media clock (frames are stamped on arrival, kept continuous by sample count).
+on the stage's media clock. Inbound audio is stamped by sample count from the earliest
+arrival seen (network jitter only ever delays a frame, so the least delayed one marks the
+stream's true pace), following slow clock drift and re-anchoring after a gap.
 The per-frame signal work runs on the engines' listening thread pool; the state machines'
 decisions are handled on the event loop.
 
 A turn ends in one call, ``session.customer_text(text)`` (transcript, ``transcript`` event,
 the driver's answer). To answer quickly:
 
-- recognition starts *speculatively* while the customer may be done: at each pause of at
-  least ``pause_gap`` inside their speech (engines that afford partial transcripts) and at
-  the endpointer's ``SpeechEnded``. A speculation whose speech was followed by more speech is
-  stale; its text is still shown as the live (partial) transcript.
+- recognition starts *speculatively* while the customer may be done: at a pause of
+  ``end_gap`` after their speech, at shorter pauses (``pause_gap``) when no recognition is
+  running and one is due (``partial_interval``), for engines that afford partial transcripts,
+  and at the endpointer's ``SpeechEnded``. A speculation whose speech was followed by more
+  speech is stale; its text is still shown as the live (partial) transcript. The rate limit
+  matters: recognitions run one at a time, so one started in the middle of the speech can
+  hold up the one that ends the turn.
 - the turn is taken as over ``commit_silence`` after the speech when the speculative
   transcript *reads* finished ("How do I activate my new card?"); otherwise the endpointer's
   end-of-turn silence decides (longer when the words trail off: "...my card and"), and a
@@ -102,7 +107,9 @@ RECOGNITION_FAILED = (
     "Sorry, your words could not be recognised. Please say it again or type your question. "
     "抱歉，语音识别失败，请再说一遍或输入文字。"
 )
-VOICE_UNAVAILABLE = "Voice input is unavailable right now: please type your question. 语音输入暂不可用，请输入文字。"
+VOICE_UNAVAILABLE = (
+    "Voice input is unavailable right now: please type your question. 语音输入暂不可用，请输入文字。"
+)
 
 _TERMINAL = (".", "?", "!", "。", "？", "！")
 
@@ -146,8 +153,9 @@ def frame_pcm(frame: av.AudioFrame) -> tuple[np.ndarray, int, int]:
 class ListenerConfig:
     """How a session listens. Durations in seconds of media time.
 
-    ``pause_gap``: silence inside speech that starts a speculative recognition (engines with
-    partial transcripts only). ``commit_silence``: silence after which a turn whose words read
+    ``end_gap``: silence after speech that starts a speculative recognition of the turn so
+    far; ``pause_gap``: a shorter silence that does so when nothing is being recognised and
+    a partial transcript is due (engines with partial transcripts only). ``commit_silence``: silence after which a turn whose words read
     finished is over (``early_commit``); otherwise the endpointer's ``end_of_turn`` decides.
     ``partials``: live transcripts while the customer speaks, at most one per
     ``partial_interval`` of speech and none before ``partial_min_audio``. Silence timers of 0
@@ -158,6 +166,7 @@ class ListenerConfig:
     bargein: BargeInConfig = field(default_factory=BargeInConfig)
     speculate_at_pauses: bool = True
     pause_gap: float = 0.064
+    end_gap: float = 0.16
     early_commit: bool = True
     commit_silence: float = 0.25
     partials: bool = True
@@ -167,12 +176,15 @@ class ListenerConfig:
     silence_close_after: float = 60.0
     default_lang: str = "en"
     timer_step: float = 0.1
-    resync: float = 0.2  # re-anchor inbound audio whose sample count drifts this far from arrival
+    resync: float = 0.2  # inbound audio arriving this much later than its pace is a gap: re-anchor
+    drift: float = 5e-4  # how fast (s/s) the inbound timeline may slip later to follow clock drift
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ListenerConfig:
         eot = settings.end_of_turn
-        endpoint = EndpointConfig(hangover=min(0.3, eot), end_of_turn=eot, end_of_turn_unfinished=max(1.5, eot))
+        endpoint = EndpointConfig(
+            hangover=min(0.3, eot), end_of_turn=eot, end_of_turn_unfinished=max(1.5, eot)
+        )
         return cls(
             endpoint=endpoint,
             bargein=BargeInConfig(ignore_backchannel=settings.ignore_backchannel),
@@ -224,6 +236,7 @@ class _Recognition:
     started: float
     task: asyncio.Task[Transcript]
     partial: bool
+    finished: float = math.nan  # clock time the result (or failure) came
 
     def transcript(self) -> Transcript | None:
         """The result if the task finished well, else ``None``."""
@@ -243,7 +256,12 @@ class UnavailableRecognizer:
         self.error = error
 
     async def transcribe(
-        self, audio16k: np.ndarray, lang: str | None = None, prompt: str | None = None, *, partial: bool = False
+        self,
+        audio16k: np.ndarray,
+        lang: str | None = None,
+        prompt: str | None = None,
+        *,
+        partial: bool = False,
     ) -> Transcript:
         raise ASRError(str(self.error))
 
@@ -284,7 +302,13 @@ class Listener:
         # Recent windows, enough for the longest turn and its pre-roll (about 1 MB at most).
         keep = cfg.endpoint.max_utterance + cfg.endpoint.pre_roll + 1.0
         self._frames: deque[VadFrame] = deque(maxlen=int(keep * VAD_RATE / 512) + 1)
-        self._next_t: float | None = None  # clock time of the next inbound sample expected
+        # Inbound timeline: clock time of stream time 0 (the least delayed arrival so far), the
+        # stream time received, and the stream time where the resampler (re)started.
+        self._offset: float | None = None
+        self._offset_at = 0.0
+        self._stream_time = 0.0
+        self._resampled_from = 0.0
+        self._resampled = 0  # 16 kHz samples out of the resampler since it (re)started
         self._far_sample: int | None = None  # next stage sample to hand the echo guard
         self._pending_partial: str | None = None  # for the guard, applied in the worker
         self._in_dsp = False
@@ -337,7 +361,9 @@ class Listener:
         except MediaStreamError:
             return
         except Exception:
-            log.exception("session %s: listening failed; the microphone is ignored from now on", self.session.id)
+            log.exception(
+                "session %s: listening failed; the microphone is ignored from now on", self.session.id
+            )
             self.session.emit({"type": "error", "message": VOICE_UNAVAILABLE})
             with contextlib.suppress(MediaStreamError):
                 while True:
@@ -350,18 +376,14 @@ class Listener:
         now = self.clock.time() if at is None else at
         pcm, rate, channels = frame_pcm(frame)
         n = pcm.size // max(1, channels)
-        start = now - n / rate
-        anchor: float | None = None
-        if self._next_t is None or abs(start - self._next_t) > self.config.resync:
-            anchor = start  # first frame, or a gap in delivery: stamp anew
-            self._next_t = start
-        self._next_t += n / rate
+        self._stream_time += n / rate
+        restart = self._place(now - self._stream_time, now)
         speaking = self.session.speaker.state == "speaking"
         loop = asyncio.get_running_loop()
         self._in_dsp = True
         try:
             results = await loop.run_in_executor(
-                self._executor, self._dsp, pcm, rate, channels, anchor, speaking, now
+                self._executor, self._dsp, pcm, rate, channels, restart, speaking, now
             )
         finally:
             self._in_dsp = False
@@ -369,9 +391,22 @@ class Listener:
         for result in results:
             self._on_window(result)
 
+    def _place(self, origin: float, now: float) -> bool:
+        """Update the inbound timeline with a frame whose stream time 0 would lie at ``origin``;
+        returns whether the resampler must restart (a gap: the samples before it are dropped)."""
+        cfg = self.config
+        if self._offset is None or origin > self._offset + cfg.resync:
+            self._offset = origin
+            self._offset_at = now
+            return True
+        creep = self._offset + cfg.drift * max(0.0, now - self._offset_at)
+        self._offset = min(origin, creep)
+        self._offset_at = now
+        return False
+
     # -- signal work (worker thread) ---------------------------------------------------------
     def _dsp(
-        self, pcm: np.ndarray, rate: int, channels: int, anchor: float | None, speaking: bool, now: float
+        self, pcm: np.ndarray, rate: int, channels: int, restart: bool, speaking: bool, now: float
     ) -> list[GuardResult]:
         guard = self.guard
         self._feed_far_end(now)
@@ -382,10 +417,16 @@ class Listener:
         partial, self._pending_partial = self._pending_partial, None
         if partial is not None:
             guard.update_partial(partial)
-        if anchor is not None:
+        if restart:
             self._resampler = StreamResampler(VAD_RATE)
+            self._resampled_from = self._stream_time - pcm.size / max(1, channels) / rate
+            self._resampled = 0
         audio16 = self._resampler.push(pcm, rate, channels)
-        return [guard.push(window) for window in self._vad.push(audio16, anchor)]
+        # Output sample k of the resampler lies at input stream time k / 16 kHz (its contract).
+        assert self._offset is not None
+        t = self._offset + self._resampled_from + self._resampled / VAD_RATE
+        self._resampled += audio16.size
+        return [guard.push(window) for window in self._vad.push(audio16, t)]
 
     def _feed_far_end(self, now: float) -> None:
         """Hand the echo guard what the stage has played up to ``now``: the avatar's own voice,
@@ -418,7 +459,7 @@ class Listener:
         self._handle(events)
         if ep.state is EndpointState.SPEAKING:
             if frame.probability < neg and frame.end - self._speech_end >= self.config.pause_gap:
-                self._speculate_at_pause()
+                self._speculate_at_pause(frame.end - self._speech_end)
             self._maybe_partial(frame.end)
         self._maybe_commit_early()
 
@@ -453,7 +494,10 @@ class Listener:
         cut = self.session.interrupt()
         log.info(
             "session %s: barge-in (speech at %.3f, decided %.3f, interrupted %.3f)",
-            self.session.id, event.onset, event.decided_at, now,
+            self.session.id,
+            event.onset,
+            event.decided_at,
+            now,
         )
         if self.endpointer.in_turn:
             self._barged = True
@@ -462,7 +506,9 @@ class Listener:
             self._pending_bargein = event  # the endpointer's SpeechStarted follows
         self.session.set_activity("listening")
         if self.on_barge_in is not None:
-            self.on_barge_in(BargeInRecord(event.onset, event.decided_at, now, cut.heard_text() if cut else None))
+            self.on_barge_in(
+                BargeInRecord(event.onset, event.decided_at, now, cut.heard_text() if cut else None)
+            )
 
     # -- recognition ------------------------------------------------------------------------
     def _turn_audio(self, until: float) -> np.ndarray:
@@ -474,7 +520,9 @@ class Listener:
 
     def _recognise(self, audio: np.ndarray, speech_end: float, partial: bool) -> _Recognition:
         now = self.clock.time()
-        task = self.session.spawn(self._transcribe(audio, partial), "recognise-partial" if partial else "recognise")
+        task = self.session.spawn(
+            self._transcribe(audio, partial), "recognise-partial" if partial else "recognise"
+        )
         rec = _Recognition(self._turn, speech_end, now, task, partial)
         self._schedule.started(audio.size / VAD_RATE)
         task.add_done_callback(lambda _t: self._recognised(rec))
@@ -489,12 +537,18 @@ class Listener:
             old.task.cancel()  # withdrawn if it has not started; a running one is left to finish
         self._spec = self._recognise(audio, speech_end, partial=False)
 
-    def _speculate_at_pause(self) -> None:
+    def _speculate_at_pause(self, silence: float) -> None:
         if not (self.config.speculate_at_pauses and self.recognizer.supports_partial):
             return
         spec = self._spec
         if spec is not None and spec.speech_end == self._speech_end:
             return
+        if silence < self.config.end_gap:
+            # A short pause, most likely between words: only when the recogniser is free and
+            # a live transcript is due anyway.
+            busy = any(r is not None and not r.task.done() for r in (spec, self._partial))
+            if busy or not self._schedule.due(self._speech_end - self._turn_audio_start):
+                return
         until = self._speech_end + self.config.endpoint.post_roll
         self._start_speculation(self._turn_audio(until), self._speech_end)
 
@@ -511,6 +565,7 @@ class Listener:
     def _recognised(self, rec: _Recognition) -> None:
         """A recognition finished: show it as the live transcript if its turn is still on, and
         see whether it ends the turn."""
+        rec.finished = self.clock.time()
         self._schedule.finished()
         if rec.task.cancelled():
             return
@@ -532,7 +587,11 @@ class Listener:
         spec = self._spec
         if not self.config.early_commit or spec is None or spec.turn != self._turn:
             return
-        if not self.endpointer.in_turn or spec.speech_end != self._speech_end or self._last_voice > spec.speech_end:
+        if (
+            not self.endpointer.in_turn
+            or spec.speech_end != self._speech_end
+            or self._last_voice > spec.speech_end
+        ):
             return
         if self.clock.time() - spec.speech_end < self.config.commit_silence:
             return
@@ -546,7 +605,12 @@ class Listener:
 
     def _turn_ended(self, event: TurnEnded) -> None:
         spec = self._spec
-        reused = spec is not None and spec.turn == self._turn and spec.speech_end == event.t and not spec.task.cancelled()
+        reused = (
+            spec is not None
+            and spec.turn == self._turn
+            and spec.speech_end == event.t
+            and not spec.task.cancelled()
+        )
         if self._over_avatar and self.session.speaker.state == "speaking":
             # Speech over the avatar that never became a barge-in: a backchannel or noise.
             if spec is not None and not spec.task.done():
@@ -580,7 +644,7 @@ class Listener:
 
     async def _complete(self, rec: _Recognition, record: TurnRecord, over_avatar: bool) -> None:
         await asyncio.wait({rec.task})
-        record.recognition_done = self.clock.time()
+        record.recognition_done = rec.finished if math.isfinite(rec.finished) else self.clock.time()
         try:
             if rec.task.cancelled():
                 record.outcome = "cancelled"
@@ -640,8 +704,13 @@ class Listener:
     def _report(self, record: TurnRecord) -> None:
         log.info(
             "session %s: turn %d %s (%s) speech end %.3f, decided %+.0f ms, recognised %+.0f ms: %r",
-            self.session.id, record.turn, record.outcome, record.how, record.speech_end,
-            (record.decided_at - record.speech_end) * 1000, (record.recognition_done - record.speech_end) * 1000,
+            self.session.id,
+            record.turn,
+            record.outcome,
+            record.how,
+            record.speech_end,
+            (record.decided_at - record.speech_end) * 1000,
+            (record.recognition_done - record.speech_end) * 1000,
             record.text,
         )
         if self.on_turn is not None:

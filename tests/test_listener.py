@@ -204,9 +204,11 @@ class Rig:
         echo_delay: float | None = None,
         echo_db: float = -10.0,
         noise_db: float = -65.0,
+        late: Callable[[int], float | None] | None = None,
     ) -> None:
         """Send ``audio16`` as the customer's microphone, 20 ms at a time in media time, mixed
-        with a little noise and, with ``echo_delay``, the avatar's own voice coming back."""
+        with a little noise and, with ``echo_delay``, the avatar's own voice coming back.
+        ``late(k)``: how late the k-th frame arrives (network jitter), ``None`` if it is lost."""
         mic = to_48k(audio16)
         mic = np.concatenate([mic, np.zeros(-mic.size % FRAME)])
         stage = self.session.stage
@@ -217,7 +219,10 @@ class Rig:
                 heard_from = stage.clock.sample() - FRAME - int(echo_delay * AUDIO_RATE)
                 if heard_from >= 0:
                     chunk += stage.read_audio(heard_from, FRAME) * 10 ** (echo_db / 20)
-            await self.listener.hear(stereo_frame(chunk))
+            delay = late(k // FRAME) if late is not None else 0.0
+            if delay is None:
+                continue
+            await self.listener.hear(stereo_frame(chunk), at=stage.clock.time() + delay)
             await self.settle()
 
     async def settle(self) -> None:
@@ -392,6 +397,32 @@ async def test_a_backchannel_over_the_avatar_is_not_a_turn(vad: VoiceActivityDet
         await rig.close()
 
 
+async def test_inbound_audio_is_timed_by_its_least_delayed_frames(vad: VoiceActivityDetector) -> None:
+    """Jitter only delays frames: speech is stamped at the pace of the earliest arrivals, not
+    of a late first frame; after frames are lost the timeline starts again where they resume."""
+    audio = np.concatenate([silence(1.0), clip("account_balance"), silence(1.5)])
+    first_loud = (
+        1.0 + float(np.flatnonzero(np.abs(clip("account_balance").astype(np.int32)) > 300)[0]) / 16_000
+    )
+    lost = range(10, 35)  # 0.5 s of silence never arrives
+    cases: dict[str, tuple[Callable[[int], float | None], float]] = {
+        "on time": (lambda k: 0.0, first_loud),
+        "late first frames": (lambda k: 0.1 if k < 3 else 0.0, first_loud),
+        "jitter": (lambda k: 0.03 * (k % 4), first_loud),
+        "lost frames": (lambda k: None if k in lost else 0.0, first_loud),
+    }
+    for name, (late, expected) in cases.items():
+        rig = make_rig(vad, Scripted("What is my account balance?"))
+        try:
+            start = rig.session.stage.clock.time()
+            await rig.play(audio, late=late)
+            (turn,) = rig.turns
+            # The VAD calls speech from the window holding the first loud sample or the next.
+            assert expected - 0.032 <= turn.speech_start - start <= expected + 0.064, name
+        finally:
+            await rig.close()
+
+
 async def test_a_failing_recognizer_apologises_and_the_session_goes_on(vad: VoiceActivityDetector) -> None:
     rig = make_rig(
         vad, Scripted(error=ASRError("the transcription endpoint answered HTTP 503")), source=LineSource()
@@ -497,7 +528,9 @@ async def test_a_question_over_webrtc_is_transcribed_and_answered(
         # The echo driver says the question back: a caption, then sound on the audio track.
         caption = await customer.wait_for_event(lambda e: e["type"] == "caption", within=30)
         assert "activate" in caption["text"].lower()
-        await customer.wait_for_event(lambda e: e["type"] == "transcript" and e["speaker"] == "avatar", within=30)
+        await customer.wait_for_event(
+            lambda e: e["type"] == "transcript" and e["speaker"] == "avatar", within=30
+        )
         assert max(customer.got.audio_rms) > 300
         resp = await client.get(f"/api/sessions/{session_id}/transcript", headers=auth)
         assert resp.status == 200
