@@ -178,12 +178,13 @@ class InProcessServer:
     """The real app on ``127.0.0.1:<free port>`` in this event loop; ``async with`` it.
 
     ``settings_overrides`` go to ``load_settings`` (the environment is ignored, so a stray
-    ``AVATAR_*`` variable cannot change a benchmark). Exposes the app's engines and session
-    manager for instrumentation.
+    ``AVATAR_*`` variable cannot change a benchmark). The driver is the echo driver unless
+    overridden: the benchmarks time the speech path, not the dialogue brain. Exposes the
+    app's engines and session manager for instrumentation.
     """
 
     def __init__(self, **settings_overrides: Any) -> None:
-        self._overrides = settings_overrides
+        self._overrides = {"driver": "echo", **settings_overrides}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._runner: Any = None
         self._engines: Any = None
@@ -239,7 +240,8 @@ class InProcessServer:
 class ServerProcess:
     """``avatar serve`` as a child process on a free loopback port; ``with`` it.
 
-    Started with ``AVATAR_*`` variables for the token, data directory and session limit;
+    Started with ``AVATAR_*`` variables for the token, data directory, session limit and the
+    echo driver (every session says its customer's text back: the speech path, no brain);
     stopped with SIGTERM (aiohttp's graceful shutdown closes every peer), then SIGKILL if it
     has not exited within ``stop_timeout`` seconds.
     """
@@ -274,6 +276,7 @@ class ServerProcess:
             "AVATAR_API_TOKEN": self.token,
             "AVATAR_MAX_SESSIONS": str(self.max_sessions),
             "AVATAR_LOG_LEVEL": "WARNING",
+            "AVATAR_DRIVER": "echo",
             "HF_HUB_OFFLINE": "1",
         }
         self._log = open(Path(self._tmp.name) / "server.log", "w+b")
@@ -350,10 +353,15 @@ class StreamLog:
     ssrc: int | None = None
     frame_arrival: dict[int, float] = field(default_factory=dict)  # RTP ts -> its last packet's arrival
     frame_bytes: dict[int, int] = field(default_factory=dict)
+    # Audio: (RTP ts, arrival, level in dBov) from the RFC 6464 header aiortc's sender computes
+    # from each frame's samples before encoding, so codec artefacts cannot move an onset.
+    levels: list[tuple[int, float, int]] = field(default_factory=list)
     sender_reports: list[SenderReport] = field(default_factory=list)
     packets: int = 0
 
-    def on_packet(self, ssrc: int, timestamp: int, payload: int, arrival: float) -> None:
+    def on_packet(
+        self, ssrc: int, timestamp: int, payload: int, arrival: float, level: int | None = None
+    ) -> None:
         if self.ssrc is None:
             self.ssrc = ssrc
         elif ssrc != self.ssrc:
@@ -361,6 +369,8 @@ class StreamLog:
         self.packets += 1
         self.frame_arrival[timestamp] = arrival
         self.frame_bytes[timestamp] = self.frame_bytes.get(timestamp, 0) + payload
+        if level is not None:
+            self.levels.append((timestamp, arrival, level))
 
     def sender_time(self, rtp: int) -> float | None:
         """The sender's wall-clock time for RTP timestamp ``rtp`` through the latest sender
@@ -398,7 +408,14 @@ class ReceiveProbe:
         async def on_rtp(receiver: RTCRtpReceiver, packet: Any, arrival_time_ms: int) -> None:
             log = logs.get(id(receiver))
             if log is not None:
-                log.on_packet(packet.ssrc, packet.timestamp, len(packet.payload), time.monotonic())
+                level = packet.extensions.audio_level  # (voice activity, -dBov) or None
+                log.on_packet(
+                    packet.ssrc,
+                    packet.timestamp,
+                    len(packet.payload),
+                    time.monotonic(),
+                    -level[1] if level is not None else None,
+                )
             await rtp_orig(receiver, packet, arrival_time_ms)
 
         async def on_rtcp(receiver: RTCRtpReceiver, packet: Any) -> None:

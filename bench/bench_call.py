@@ -53,9 +53,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COMMAND = ".venv/bin/python bench/bench_call.py"
 AUDIO_RATE = 48_000
 AUDIO_FRAME = 960  # 20 ms at 48 kHz: the stage's audio frame grid
-# A 20 ms frame is "non-silent" from -60 dBFS (RMS 33 of 32768) up: the stage sends exact
-# zeros when nothing is said, and Piper's lead-in breath stays below this.
-VOICED_RMS = 33.0
+# A 20 ms frame is "non-silent" from -60 dBov up (RFC 6465 level, RMS about 33 of 32767):
+# the stage sends exact zeros when nothing is said, and Piper's lead-in stays below this.
+VOICED_DBOV = -60
 
 SHORT_LINES = (
     "Hello.",
@@ -108,8 +108,9 @@ class Turn:
 
 
 def first_voiced_frame(segment_start: int, audio: np.ndarray) -> int | None:
-    """Start sample (on the stage's 20 ms frame grid) of the first frame whose RMS reaches
-    ``VOICED_RMS``, for ``audio`` placed at ``segment_start`` with silence before it."""
+    """Start sample (on the stage's 20 ms frame grid) of the first frame whose level reaches
+    ``VOICED_DBOV`` (as aiortc computes it for the RTP header), for ``audio`` placed at
+    ``segment_start`` with silence before it."""
     first = (segment_start // AUDIO_FRAME) * AUDIO_FRAME
     pad = segment_start - first
     samples = np.concatenate([np.zeros(pad, np.float64), audio.astype(np.float64)])
@@ -117,7 +118,9 @@ def first_voiced_frame(segment_start: int, audio: np.ndarray) -> int | None:
     if n == 0:
         return None
     rms = np.sqrt(np.mean(samples[: n * AUDIO_FRAME].reshape(n, AUDIO_FRAME) ** 2, axis=1))
-    voiced = np.flatnonzero(rms >= VOICED_RMS)
+    with np.errstate(divide="ignore"):
+        dbov = np.round(20.0 * np.log10(rms / 32767.0))
+    voiced = np.flatnonzero(dbov >= VOICED_DBOV)
     return first + int(voiced[0]) * AUDIO_FRAME if len(voiced) else None
 
 
@@ -129,12 +132,11 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
     for i in range(turns):
         kind, lines = ("short", SHORT_LINES) if i % 2 == 0 else ("long", LONG_LINES)
         plan.append((kind, lines[(i // 2) % len(lines)]))
-    audio_frames: list[tuple[int, float, float]] = []  # (pts, rms, decoded at)
+    decoded_at: dict[int, float] = {}  # audio pts -> when aiortc handed the decoded frame over
 
     def on_frame(kind: str, frame: av.frame.Frame, at: float) -> None:
         if isinstance(frame, av.AudioFrame):
-            samples = frame.to_ndarray().astype(np.float64)
-            audio_frames.append((int(frame.pts or 0), float(np.sqrt(np.mean(samples**2))), at))
+            decoded_at[int(frame.pts or 0)] = at
 
     done: list[Turn] = []
     extra: dict[str, Any] = {}
@@ -190,19 +192,23 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                 for kind, text in plan:
                     turn = Turn(text, kind, time.monotonic())
                     current.append(turn)
-                    mark = len(audio_frames)
+                    mark = len(audio_log.levels)
                     customer.send_text(text)
                     deadline = time.monotonic() + 20.0
-                    hit: tuple[int, float, float] | None = None
+                    hit: tuple[int, float, int] | None = None
                     while hit is None and time.monotonic() < deadline:
                         await asyncio.sleep(0.005)
-                        hit = next((f for f in audio_frames[mark:] if f[1] >= VOICED_RMS), None)
+                        hit = next((p for p in audio_log.levels[mark:] if p[2] >= VOICED_DBOV), None)
                     if hit is None:
-                        raise RuntimeError(f"no voiced audio within 20 s of sending {text!r}")
+                        raise RuntimeError(f"no voiced audio packet within 20 s of sending {text!r}")
+                    turn.arrival = hit[1]
                     origin_rtp = h.rtp_origin(customer.audio_receiver)
-                    assert origin_rtp is not None
-                    turn.decoded = hit[2]
-                    turn.arrival = audio_log.frame_arrival.get((origin_rtp + hit[0]) % (1 << 32), math.nan)
+                    pts = (hit[0] - (origin_rtp or 0)) % (1 << 32)
+                    for _ in range(100):  # aiortc releases it a few packets later
+                        if pts in decoded_at:
+                            break
+                        await asyncio.sleep(0.005)
+                    turn.decoded = decoded_at.get(pts, math.nan)
                     done.append(turn)
                     # Hear a little, then cut (the next line waits for an idle avatar either way).
                     await asyncio.sleep(0.3)
@@ -227,7 +233,8 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
         "",
         f"One live session (avatar {avatar}, {extra.get('codec', '?')} video, Piper `en_US-joe-medium`, the echo driver) on the real app in "
         'this process, an aiortc customer on 127.0.0.1. Each turn sends `{"type": "text"}` on the data '
-        "channel and times the first 20 ms audio frame at or above -60 dBFS: its RTP packet's arrival "
+        "channel and times the first 20 ms audio frame at or above -60 dBov (the level aiortc's sender puts in "
+        "each RTP packet's RFC 6464 header, computed from the frame's samples before encoding): its packet's arrival "
         "at the customer (what a browser's jitter buffer gets) and aiortc's decoded frame (after "
         "aiortc's own 4-packet audio prefetch, which a browser does not have). Then the line is cut "
         "with the interrupt API and the next turn follows a pause. Times in ms.",
