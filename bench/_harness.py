@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -87,11 +87,11 @@ def free_port() -> int:
 
 
 # -- statistics ---------------------------------------------------------------------------
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
-def p95(values: list[float]) -> float:
+def p95(values: Sequence[float]) -> float:
     return float(np.percentile(values, 95)) if values else math.nan
 
 

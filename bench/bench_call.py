@@ -84,6 +84,8 @@ class Turn:
     handled: float = math.nan  # the session got the data-channel message
     synth_start: float = math.nan  # first sentence handed to TTS
     synth_end: float = math.nan
+    first_sentence: str = ""  # what the TTS was given first (``split_sentences`` may cut a line)
+    first_audio: float = math.nan  # its duration, seconds
     scheduled: float = math.nan  # placed on the stage timeline
     segment_start: float = math.nan  # when its first sample plays (stage clock, as monotonic)
     voiced_frame: float = math.nan  # play time of the first non-silent 20 ms frame
@@ -165,7 +167,9 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                     start = time.monotonic()
                     chunk = await synthesize(sentence, voice)
                     if current and math.isnan(current[-1].synth_start):
-                        current[-1].synth_start, current[-1].synth_end = start, time.monotonic()
+                        turn = current[-1]
+                        turn.synth_start, turn.synth_end = start, time.monotonic()
+                        turn.first_sentence, turn.first_audio = sentence, float(chunk.duration)
                     return chunk
 
                 schedule = stage.schedule
@@ -272,6 +276,14 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
         lines.append(
             f"| {step} | {h.ms(h.median(s))} | {h.ms(h.p95(s))} | {h.ms(h.median(g))} | {h.ms(h.p95(g))} |"
         )
+    rtf = [(t.synth_end - t.synth_start) / t.first_audio for t in warm if t.first_audio > 0]
+    chars = {kind: [len(t.first_sentence) for t in warm if t.kind == kind] for kind in ("short", "long")}
+    lines += [
+        "",
+        f"Piper on the first sentence: median real-time factor {h.median(rtf):.3f} (synthesis time / audio "
+        f"length; other jobs share the cores), {h.median(chars['short']):.0f} characters for short lines and "
+        f"{h.median(chars['long']):.0f} for long ones (their first clause).",
+    ]
     lines += [
         "",
         "Steps: *data channel* customer send to `Session.handle_message`; *driver to TTS* echo driver, "
