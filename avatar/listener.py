@@ -481,7 +481,10 @@ class Listener:
         self._turn += 1
         self._turn_audio_start = event.t - self.config.endpoint.pre_roll
         self._turn_record = TurnRecord(self._turn, event.t, event.t)
-        self._barged = self._pending_bargein is not None
+        pending = self._pending_bargein
+        # The guard decides sooner than the endpointer starts a turn, on the same speech; a
+        # barge-in on speech that never became a turn (too short) does not count for this one.
+        self._barged = pending is not None and pending.onset >= event.t - 0.5
         self._pending_bargein = None
         self._over_avatar = self.session.speaker.state == "speaking" and not self._barged
         self._spec = None
@@ -729,6 +732,12 @@ class Listener:
         if not self._in_dsp and now - self._last_frame_at > 2.5 * self.config.timer_step:
             self._handle(self.endpointer.tick(now))
             self._maybe_commit_early()
+        if (
+            self.session.activity == "listening"
+            and not self.endpointer.in_turn
+            and now - self._last_voice > self.config.endpoint.end_of_turn
+        ):
+            self.session.set_activity("idle")  # speech that never made a turn (a cough, a blip)
         self._silence_timers(now)
 
     def _silence_timers(self, now: float) -> None:
