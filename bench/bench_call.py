@@ -762,9 +762,10 @@ def avsync_section(r: SyncResult, avatar: str, check: SyncResult | None = None, 
         f"(found by rendering rest vs open mouths with the same renderer; box y {r.box[0]}-{r.box[1]}, x {r.box[2]}-{r.box[3]}) "
         "against the rest frame, per decoded video frame. Voice: RMS envelope of each decoded 20 ms audio frame. "
         "Offset: the lag of the peak of their cross-correlation (5 ms grid, 1 s high-pass, parabolic peak), "
-        "positive when the mouth moves later than the voice. The intrinsic lag (co-articulation opens the "
-        "mouth ahead of the sound) is the same correlation on the stage's ground truth: its audio timeline "
-        "and the face at each frame's clock time, rendered locally, no transport.",
+        "positive when the mouth moves later than the voice. The intrinsic lag (how the lip-sync's mouth, "
+        "with its co-articulation and smoothing, lines up with the loudness of the voice at all) is the same "
+        "correlation on the stage's ground truth: its audio timeline and the face at each frame's clock time, "
+        "rendered locally, no transport; what transport adds is the difference.",
         "",
         "| signals | offset, ms | minus intrinsic, ms | peak correlation |",
         "|---|---|---|---|",
