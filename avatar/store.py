@@ -207,6 +207,11 @@ class Store:
         self._queue.put((write, future))
         return future
 
+    def flush(self, timeout: float = 10.0) -> None:
+        """Wait until every write submitted so far is committed (reads after this see them).
+        Writes are applied in order by one thread, so an empty write marks the point."""
+        self._submit(lambda conn: None).result(timeout)
+
     def _write_loop(self) -> None:
         conn = self._writer_conn
         while True:

@@ -167,6 +167,7 @@ async def transcript(request: web.Request) -> web.Response:
         operator_of(request)
     ops = request.app[OPERATORS]
     session_id = request.match_info["session_id"]
+    await asyncio.to_thread(ops.store.flush)  # read our own writes: lines said just now are included
     utterances = await asyncio.to_thread(ops.store.transcript, session_id)
     events = await asyncio.to_thread(ops.store.events, session_id)
     live = request.app[SESSIONS].get(session_id)
