@@ -32,7 +32,7 @@ from avatar.listener import (
     TurnRecord,
     reads_finished,
 )
-from avatar.server.engines import Engines
+from avatar.server.engines import Engines, brain_vocabulary
 from avatar.session import Session
 from avatar.speaker import Speaker
 from avatar.speech.asr.base import ASRError, SpeechRecognizer, Transcript
@@ -480,6 +480,42 @@ async def test_silence_timers_run_without_microphone_frames(vad: VoiceActivityDe
         assert rig.said() == [LINES["prompt"]["en"]]
     finally:
         await rig.close()
+
+
+def test_the_recognition_prompt_puts_knowledge_base_terms_first(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from avatar.brain.kb import Entry
+    from tests.conftest import make_settings
+
+    def entry(topic: str, lang: str, product: str, scenario: str) -> Entry:
+        return Entry(topic, ("q",), "a", lang, product_name=product, scenario_name=scenario)
+
+    kb = SimpleNamespace(
+        entries={
+            "a": entry("a", "en", "Premier Rewards card", "Cashback"),
+            "b": entry("b", "en", "Premier Rewards card", "Lounge access"),
+            "c": entry("c", "zh", "信用卡", "账单与还款"),
+        }
+    )
+    assert brain_vocabulary(SimpleNamespace(kb=kb), "en") == [
+        "Premier Rewards card",
+        "Cashback",
+        "Lounge access",
+    ]
+    assert brain_vocabulary(SimpleNamespace(vocabulary=lambda lang: [f"{lang} term"]), "zh") == ["zh term"]
+    assert brain_vocabulary(None, "en") == []
+    engines = Engines.build(make_settings(tmp_path))
+    try:
+        engines.brain = SimpleNamespace(kb=kb)
+        english = engines.asr_prompt("en")
+        assert english.startswith(
+            "Bank customer service call about Premier Rewards card, Cashback, Lounge access, "
+        )
+        assert "account balance" in english  # the built-in banking words follow
+        assert engines.asr_prompt("zh-CN").startswith("以下是普通话的银行客服对话，关于信用卡、账单与还款、")
+    finally:
+        engines.close()
 
 
 # -- a real call -------------------------------------------------------------------------------
