@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "avatar.render.cli",
     "avatar.avatars_cli",
     "avatar.operator.cli",
+    "avatar.brain.cli",
 )
 
 
