@@ -1028,6 +1028,107 @@ async def profile_server(pid: int, sessions: int, seconds: float) -> Profile | N
     )
 
 
+def component_costs(avatar: str, width: int, height: int) -> list[tuple[str, float, float, str]]:
+    """CPU cost of each per-session piece of work, measured here on this process's CPU time
+    (``time.process_time``, codec threads included): (component, CPU ms per unit, units per
+    second of one session, when). Frames are the server's own path: a ``Stage`` on a fake
+    clock with Piper speech scheduled, ``Stage.render``, ``rgb_to_video_frame``, aiortc's
+    encoders."""
+    import fractions
+    import tempfile as _tempfile
+
+    from aiortc.codecs.h264 import H264Encoder
+    from aiortc.codecs.opus import OpusEncoder
+    from aiortc.codecs.vpx import Vp8Encoder
+    from aiortc.rtp import compute_audio_level_dbov
+
+    from avatar.clock import FakeClock
+    from avatar.config import load_settings
+    from avatar.idle import IdleAnimator
+    from avatar.render.catalog import AvatarCatalog, default_assets_dir
+    from avatar.rtc.tracks import rgb_to_video_frame
+    from avatar.speech.lipsync import track_from_phonemes
+    from avatar.speech.sentences import split_sentences
+    from avatar.speech.tts.registry import TTSRegistry
+    from avatar.stage import Stage
+
+    settings = load_settings(env={})
+    registry = TTSRegistry(settings)
+    voice = registry.voice_for(avatar, "en")
+    engine: Any = registry.engine(voice.engine)
+    engine.synthesize_blocking("Hello.", voice)  # load the model outside the measurement
+    cpu = time.process_time()
+    chunks = [engine.synthesize_blocking(sentence, voice) for sentence in split_sentences(MONOLOGUE)]
+    tts_cpu = time.process_time() - cpu
+    speech_seconds = sum(c.duration for c in chunks)
+
+    with _tempfile.TemporaryDirectory() as tmp:
+        renderer = AvatarCatalog(default_assets_dir(), Path(tmp)).load(avatar, width, height)
+    fake = FakeClock()
+    stage = Stage(renderer, fake.media_clock(), IdleAnimator(7), fps=settings.fps, avatar=avatar)
+    fps = settings.fps
+
+    def render_frames(start: float, count: int) -> tuple[list[np.ndarray], float]:
+        cpu = time.process_time()
+        frames = [stage.render(start + j / fps) for j in range(count)]
+        return frames, (time.process_time() - cpu) / count * 1000.0
+
+    _, idle_ms = render_frames(0.0, 100)
+    first = stage.schedule(
+        chunks[0], track_from_phonemes(chunks[0].phonemes, chunks[0].duration, lang=chunks[0].lang)
+    )
+    for chunk in chunks[1:]:
+        stage.schedule(chunk, track_from_phonemes(chunk.phonemes, chunk.duration, lang=chunk.lang))
+    count = min(250, int(speech_seconds * fps))
+    speaking_frames, speaking_ms = render_frames(first.start_time, count)
+
+    cpu = time.process_time()
+    video_frames = [rgb_to_video_frame(rgb) for rgb in speaking_frames]
+    i420_ms = (time.process_time() - cpu) / len(video_frames) * 1000.0
+    for j, frame in enumerate(video_frames):
+        frame.pts, frame.time_base = j * 3600, fractions.Fraction(1, 90_000)
+
+    def encode_ms(encoder: Any) -> float:
+        encoder.encode(video_frames[0], True)  # open the codec outside the measurement
+        cpu = time.process_time()
+        for frame in video_frames[1:]:
+            encoder.encode(frame, False)
+        return (time.process_time() - cpu) / (len(video_frames) - 1) * 1000.0
+
+    h264_ms, vp8_ms = encode_ms(H264Encoder()), encode_ms(Vp8Encoder())
+    opus = OpusEncoder()
+    audio = stage.read_audio(first.start, AUDIO_FRAME * 250)
+    audio_frames: list[av.AudioFrame] = []
+    for j in range(250):
+        aframe = av.AudioFrame.from_ndarray(
+            audio[j * AUDIO_FRAME : (j + 1) * AUDIO_FRAME].reshape(1, -1), format="s16", layout="mono"
+        )
+        aframe.sample_rate, aframe.pts, aframe.time_base = (
+            AUDIO_RATE,
+            j * AUDIO_FRAME,
+            fractions.Fraction(1, AUDIO_RATE),
+        )
+        audio_frames.append(aframe)
+    cpu = time.process_time()
+    for aframe in audio_frames:
+        compute_audio_level_dbov(aframe)  # aiortc's sender does this on the event loop, per frame
+    level_ms = (time.process_time() - cpu) / len(audio_frames) * 1000.0
+    cpu = time.process_time()
+    for aframe in audio_frames:
+        opus.encode(aframe)
+    opus_ms = (time.process_time() - cpu) / len(audio_frames) * 1000.0
+    return [
+        ("render, idle (Stage.render)", idle_ms, fps, "idle"),
+        ("render, speaking (Stage.render)", speaking_ms, fps, "speaking"),
+        ("RGB -> I420 VideoFrame (rgb_to_video_frame)", i420_ms, fps, "both"),
+        ("H.264 encode (aiortc H264Encoder, libx264)", h264_ms, fps, "both (H264)"),
+        ("VP8 encode (aiortc Vp8Encoder, libvpx)", vp8_ms, fps, "both (VP8)"),
+        ("Opus encode (aiortc OpusEncoder)", opus_ms, 50.0, "both"),
+        ("RTP audio level (aiortc compute_audio_level_dbov, pure Python)", level_ms, 50.0, "both"),
+        ("Piper TTS, per second of speech", 1000.0 * tts_cpu / speech_seconds, 1.0, "speaking"),
+    ]
+
+
 async def run_capacity(
     start: int, step: int, max_n: int, avatar: str, window: float, profile: bool, codec: str | None
 ) -> tuple[list[CapacityRow], Profile | None, str]:
@@ -1094,7 +1195,13 @@ def print_row(row: CapacityRow) -> None:
 
 
 def capacity_section(
-    rows: list[CapacityRow], prof: Profile | None, avatar: str, window: float, argv: str, codec: str
+    rows: list[CapacityRow],
+    prof: Profile | None,
+    avatar: str,
+    window: float,
+    argv: str,
+    codec: str,
+    components: list[tuple[str, float, float, str]],
 ) -> str:
     def best(mode: str) -> str:
         held = [r.sessions for r in rows if r.mode == mode and r.holds]
@@ -1141,6 +1248,38 @@ def capacity_section(
             + ". At that cost two whole cores would carry about "
             + "; ".join(f"{200.0 / cost:.0f} {mode}" for mode, cost in costs.items() if cost > 0)
             + " sessions (a projection: it ignores the event loop's single thread and the customers' share).",
+        ]
+    if components:
+        lines += [
+            "",
+            "What one session costs, piece by piece (CPU time measured in the benchmark process before the sweep, "
+            "on the server's own code path; % of one core for one session at 25 fps video and 50 audio frames/s):",
+            "",
+            "| work | CPU ms per unit | units/s | % of a core per session | applies |",
+            "|---|---|---|---|---|",
+        ]
+        for name, cost, rate, when in components:
+            lines.append(f"| {name} | {cost:.2f} | {rate:g} | {cost * rate / 10:.1f}% | {when} |")
+        costs = {name: cost * rate / 10 for name, cost, rate, _ in components}
+        encoder = next((k for k in costs if k.startswith("VP8" if codec.upper() == "VP8" else "H.264")), None)
+        common = sum(v for k, v in costs.items() if k.startswith(("RGB", "Opus", "RTP"))) + (
+            costs[encoder] if encoder else 0.0
+        )
+        idle_sum = common + costs.get("render, idle (Stage.render)", 0.0)
+        speaking_sum = (
+            common
+            + costs.get("render, speaking (Stage.render)", 0.0)
+            + costs.get("Piper TTS, per second of speech", 0.0)
+        )
+        measured = {
+            mode: h.median([r.cpu["server"] / r.sessions for r in rows if r.mode == mode])
+            for mode in ("idle", "speaking")
+        }
+        lines += [
+            "",
+            f"Sum of the pieces ({codec}): idle {idle_sum:.1f}%, speaking {speaking_sum:.1f}% of a core per session; "
+            f"measured server CPU per session (median over the rows): idle {measured['idle']:.1f}%, speaking "
+            f"{measured['speaking']:.1f}%. The rest is RTP packetisation, SRTP, the event loop and thread hand-offs.",
         ]
     if prof is not None:
         lines += [
@@ -1245,10 +1384,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.no_write:
             h.write_section("call-avsync", section)
     if args.what in ("capacity", "all"):
+        components = component_costs(args.avatar, 512, 512)
         sweep = run_capacity(args.start, args.step, args.max, args.avatar, args.window, args.profile, codec)
         rows, prof, negotiated = asyncio.run(h.bounded(sweep, 3600.0, "capacity"))
         given = flags("start", "step", "max", "window", "profile", "avatar", "codec")
-        section = capacity_section(rows, prof, args.avatar, args.window, given, negotiated)
+        section = capacity_section(rows, prof, args.avatar, args.window, given, negotiated, components)
         print(section)
         if not args.no_write:
             h.write_section("call-capacity", section)
