@@ -20,7 +20,8 @@ Common options: ``--avatar NAME`` (default anna), ``--no-write`` (print only).
   in a child process so its CPU is measured on its own.
 
 Each writes its section of ``BENCHMARKS.md`` (``<!-- bench:call-latency -->``,
-``<!-- bench:call-avsync -->``, ``<!-- bench:call-capacity -->``) unless ``--no-write``.
+``<!-- bench:call-avsync -->``, ``<!-- bench:call-capacity -->``, with ``-vp8`` or
+``-offer-order`` appended for a capacity sweep with ``--codec``) unless ``--no-write``.
 Everything runs on 127.0.0.1 and ends by itself.
 """
 
@@ -1212,7 +1213,7 @@ def capacity_section(
         return f"{top}" + (f" (fails at {min(failed)})" if failed else " (the largest N tried)")
 
     lines = [
-        "## Live call: concurrent sessions",
+        f"## Live call: concurrent sessions ({codec})",
         "",
         f"`{COMMAND} capacity{argv}` (options: `--start`, `--step`, `--max`, `--window`, `--profile`, `--codec`, `--avatar`, `--no-write`)",
         "",
@@ -1391,7 +1392,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = capacity_section(rows, prof, args.avatar, args.window, given, negotiated, components)
         print(section)
         if not args.no_write:
-            h.write_section("call-capacity", section)
+            # One section per codec, so an H.264 and a VP8 sweep can stand side by side.
+            h.write_section(
+                "call-capacity" + ("" if args.codec == "H264" else f"-{args.codec.lower()}"), section
+            )
     return 0
 
 
