@@ -28,6 +28,8 @@ from avatar.timeline import SpeechChunk
 log = logging.getLogger(__name__)
 
 MAX_TEXT_CHARS = 1000
+#: How long closing a session waits for its tasks to stop.
+CLOSE_TIMEOUT = 5.0
 
 
 class Driver(Protocol):
@@ -108,12 +110,16 @@ class Session:
             return
         self.closed.set()
         await self.speaker.close()
-        tasks = list(self._tasks)
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            # Bounded: a task that ignores cancellation must not keep a session (or the server's
+            # shutdown) hanging; it is logged instead.
+            _, pending = await asyncio.wait(tasks, timeout=CLOSE_TIMEOUT)
+            for task in pending:
+                log.warning("session %s: task %s did not stop within %.0f s", self.id, task.get_name(), CLOSE_TIMEOUT)
         self._sinks.clear()
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:

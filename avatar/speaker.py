@@ -9,7 +9,6 @@ each sentence starts playing, with word timings relative to that moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -73,8 +72,9 @@ class Speaker:
         self.interrupt()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            _, pending = await asyncio.wait([self._task], timeout=5.0)
+            if pending:
+                log.warning("the speaker task did not stop within 5 s")
             self._task = None
 
     def say(self, text: str, lang: str | None = None, interrupt: bool = False, speaker: str = "ai") -> Line:

@@ -199,7 +199,7 @@ class SessionManager:
             hook(session)
         if peer is not None:
             with contextlib.suppress(Exception):
-                await peer.pc.close()
+                await asyncio.wait_for(peer.pc.close(), 5.0)
         log.info("session %s closed", session_id)
         return True
 
