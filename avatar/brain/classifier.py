@@ -24,6 +24,7 @@ questions only embeds those.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -44,7 +45,7 @@ from numpy.typing import NDArray
 log = logging.getLogger(__name__)
 
 # Bump when features, models or their parameters change: it invalidates cached models.
-MODEL_VERSION = "brain-intent-3"
+MODEL_VERSION = "brain-intent-4"
 # Log-probability weights of the views (lexical SVM, embedding RBF-SVM, nearest questions),
 # chosen by 5-fold cross-validation on the BANKING77 train split (see bench/bench_brain.py).
 VIEW_WEIGHTS: tuple[float, float, float] = (1.0, 2.0, 1.0)
@@ -58,6 +59,38 @@ RBF_GAMMA = 3.0
 NEIGHBOURS = 3
 CV_FOLDS = 3
 MAX_TEXT_CHARS = 500  # longer input is cut: an utterance, not a document
+
+# Requests no bank knowledge base answers, in both languages: an utterance closer to one of these
+# than to every question of the knowledge base is out of scope. (Written for the purpose; the
+# test set tests/data/brain/out_of_scope.csv is a different list.)
+OUT_OF_DOMAIN_ANCHORS: tuple[str, ...] = (
+    "What will the weather be like this weekend?", "Will it be sunny tomorrow?", "How cold is it outside today?",
+    "Who scored in last night's match?", "When is the next Olympic Games?", "What's the latest tennis result?",
+    "Give me a recipe for chicken curry.", "How long should I boil an egg?", "Where can I get a good burger?",
+    "Tell me something funny.", "Sing me a song.", "Write a short story about a dragon.",
+    "What's the population of Canada?", "Who painted the Mona Lisa?", "How far away is the moon?",
+    "What is the square root of 144?", "Solve this equation for x.", "Explain photosynthesis to me.",
+    "Recommend a good book to read.", "What's on TV tonight?", "Which series should I binge watch?",
+    "How do I get to the train station?", "Find me a cheap hotel in Rome.", "What's the best time to visit Japan?",
+    "I have a headache, what should I take?", "How can I lose weight quickly?", "How many hours should a baby sleep?",
+    "My laptop won't turn on.", "How do I reset my router?", "Which smartphone should I buy?",
+    "How do I train my dog to sit?", "What do rabbits eat?", "How often should I water a cactus?",
+    "What's the meaning of life?", "Do you have a girlfriend?", "What's your favourite colour?",
+    "Turn on the lights in the kitchen.", "Set an alarm for seven.", "Remind me to call my mother.",
+    "明天天气好不好", "这周末会不会降温", "外面冷不冷",
+    "昨晚的足球比赛谁赢了", "下一届奥运会在哪里举办", "网球比赛的结果怎么样",
+    "宫保鸡丁怎么做", "鸡蛋要煮几分钟", "附近哪里有好吃的火锅",
+    "说个好玩的事情", "给我唱首歌", "帮我编一个关于龙的故事",
+    "中国有多少人口", "蒙娜丽莎是谁画的", "月亮离地球有多远",
+    "一百四十四的平方根是多少", "帮我解一下这个方程", "什么是光合作用",
+    "推荐一本好看的小说", "今晚电视上演什么", "最近有什么好看的电视剧",
+    "去火车站怎么走", "帮我找一家便宜的酒店", "什么时候去云南旅游最好",
+    "我头疼应该吃什么药", "怎么快速减肥", "宝宝一天要睡多久",
+    "我的电脑开不了机", "路由器怎么重置", "买哪款手机比较好",
+    "怎么训练狗狗坐下", "兔子吃什么", "仙人掌多久浇一次水",
+    "人生的意义是什么", "你有女朋友吗", "你最喜欢什么颜色",
+    "把客厅的灯打开", "明早七点叫我起床", "提醒我给妈妈打电话",
+)
 
 Progress = Callable[[str], None]
 FloatArray = NDArray[np.float32]
@@ -108,6 +141,8 @@ def zh_words(text: str) -> list[str]:
     """jieba words of a lowercased text (punctuation and spaces dropped), for the Chinese TF-IDF."""
     import jieba
 
+    if jieba.default_logger.level < logging.WARNING:  # its dictionary banner is not for our users
+        jieba.setLogLevel(logging.WARNING)
     return [w for w in jieba.lcut(text.lower()) if _ZH_WORD_RE.search(w)]
 
 
@@ -311,7 +346,10 @@ class Ranking:
 
     topics: list[str]
     probabilities: list[float]
+    # Per topic (same order): mean cosine similarity to its closest question variants.
+    similarities: list[float]
     nearest_similarity: float  # cosine similarity to the closest question variant of any topic
+    anchor_similarity: float = 0.0  # to the closest of OUT_OF_DOMAIN_ANCHORS
 
     def top(self, n: int) -> list[tuple[str, float]]:
         return list(zip(self.topics[:n], self.probabilities[:n], strict=False))
@@ -448,12 +486,13 @@ class LanguageClassifier:
             scores, nearest = self.views.scores(part, vectors[start : start + 128])
             fused = _fuse(scores, self.temperatures) * self.final_temperature
             probabilities = np.exp(_log_softmax(fused))
-            for row, near in zip(probabilities, nearest, strict=True):
+            for row, closeness, near in zip(probabilities, scores[2], nearest, strict=True):
                 order = np.argsort(-row)
                 rankings.append(
                     Ranking(
                         topics=[self.topics[i] for i in order],
                         probabilities=[float(row[i]) for i in order],
+                        similarities=[float(closeness[i]) for i in order],
                         nearest_similarity=float(near),
                     )
                 )
@@ -493,10 +532,11 @@ class IntentModel:
 
     classifiers: dict[str, LanguageClassifier]
     embedder: Embedder
+    anchors: FloatArray  # embeddings of OUT_OF_DOMAIN_ANCHORS
 
     @staticmethod
     def training_key(samples: Sequence[tuple[str, str, str]], embedder_name: str) -> str:
-        digest = hashlib.sha256(f"{MODEL_VERSION}\0{embedder_name}\0".encode())
+        digest = hashlib.sha256(f"{MODEL_VERSION}\0{embedder_name}\0{OUT_OF_DOMAIN_ANCHORS}\0".encode())
         for lang, topic, question in samples:
             digest.update(f"{lang}\0{topic}\0{question}\n".encode())
         return digest.hexdigest()[:24]
@@ -518,13 +558,14 @@ class IntentModel:
             try:
                 with path.open("rb") as handle:
                     cached = pickle.load(handle)
-                if isinstance(cached, dict):
-                    return cls(classifiers=cached, embedder=embedder)
+                if isinstance(cached, tuple) and len(cached) == 2:
+                    return cls(classifiers=cached[0], embedder=embedder, anchors=cached[1])
             except Exception as exc:  # a cache from another library version: learn again
                 log.warning("ignoring unreadable model cache %s: %s", path, exc)
         cache = EmbeddingCache(cache_dir, embedder)
         texts = [normalise(q) for _, _, q in samples]
-        vectors = cache.embed_many(texts, progress)
+        vectors = cache.embed_many(texts + list(OUT_OF_DOMAIN_ANCHORS), progress)
+        vectors, anchors = vectors[: len(texts)], vectors[len(texts) :]
         classifiers: dict[str, LanguageClassifier] = {}
         for lang in dict.fromkeys(lang for lang, _, _ in samples):
             rows = [i for i, s in enumerate(samples) if s[0] == lang]
@@ -532,8 +573,9 @@ class IntentModel:
                 lang, [samples[i][2] for i in rows], [samples[i][1] for i in rows], vectors[rows], progress
             )
         if path is not None:
-            _atomic_write(path, lambda f: pickle.dump(classifiers, f, protocol=pickle.HIGHEST_PROTOCOL))
-        return cls(classifiers=classifiers, embedder=embedder)
+            learnt = (classifiers, anchors)
+            _atomic_write(path, lambda f: pickle.dump(learnt, f, protocol=pickle.HIGHEST_PROTOCOL))
+        return cls(classifiers=classifiers, embedder=embedder, anchors=anchors)
 
     def languages(self) -> list[str]:
         return list(self.classifiers)
@@ -549,7 +591,12 @@ class IntentModel:
         return self.rank_many([text], lang)[0]
 
     def rank_many(self, texts: Sequence[str], lang: str) -> list[Ranking]:
+        """Rankings of utterances of one language, best topic first."""
         norm = [normalise(t) for t in texts]
         vectors = self.embedder.embed(norm)
-        return self.classifier_for(lang).rank_many(norm, vectors)
+        rankings = self.classifier_for(lang).rank_many(norm, vectors)
+        if not len(self.anchors):
+            return rankings
+        anchor = (vectors @ self.anchors.T).max(1)
+        return [dataclasses.replace(r, anchor_similarity=float(a)) for r, a in zip(rankings, anchor, strict=True)]
 

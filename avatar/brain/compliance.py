@@ -18,7 +18,8 @@ import re
 _EMAIL_RE = re.compile(r"(?<![\w.+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
 _CN_ID_RE = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
 # 13-19 digits, each optionally followed by one space or dash (card numbers are written in groups).
-_DIGIT_RUN_RE = re.compile(r"(?<![\d])\d(?:[ -]?\d){12,18}(?![\d])")
+# Not after "+": "+86 138..." is a phone number.
+_DIGIT_RUN_RE = re.compile(r"(?<![\d+])\d(?:[ -]?\d){12,18}(?![\d])")
 _CN_MOBILE_RE = re.compile(r"(?<![\d+])(?:(?:\+|00)86[ -]?)?1[3-9]\d(?:[ -]?\d){8}(?![\d])")
 _INTL_PHONE_RE = re.compile(r"(?<![\w+])(?:\+|00)[1-9]\d{0,2}(?:[ .-]?\(?\d{1,4}\)?){2,6}(?![\d])")
 _NANP_PHONE_RE = re.compile(r"(?<![\d])\(?\d{3}\)?[ .-]\d{3}[ .-]\d{4}(?![\d])")
@@ -47,6 +48,9 @@ _ASK_EN_RES = (
 )
 _SECRET_ZH = r"(?:密码|验证码|动态码|校验码|安全码|CVV|完整卡号|卡号|身份证号)"
 _ASK_ZH_RES = (
+    re.compile(
+        r"(?:请|麻烦)您?(?:把|将)[^。！？；]{0,10}" + _SECRET_ZH + r"[^。！？；]{0,4}(?:告诉|提供给|发给|发送给|报给|告知|说给)(?:我们|我|客服|工作人员)"
+    ),
     re.compile(r"(?:请|麻烦)您?(?:把|将)?[^。！？；]{0,12}(?:告诉|提供给|发给|发送给|报给|告知|说给)(?:我们|我|客服|工作人员)[^。！？；]{0,4}" + _SECRET_ZH),
     re.compile(r"(?:请|麻烦)您?(?:提供|告诉我们?|报一下|说一下|发一下|告知)(?:一下)?(?:您的)?[^。！？；，]{0,6}" + _SECRET_ZH),
 )

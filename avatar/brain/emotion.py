@@ -70,8 +70,11 @@ def _english_cues(text: str) -> float:
                 total += weight * boost
             start = joined.find(needle, start + 1)
     # Shouting: several words in capitals ("THIS IS A JOKE").
-    caps = [w for w in re.findall(r"[A-Za-z]{3,}", text) if w.isupper()]
-    if len(caps) >= 2:
+    long_words = re.findall(r"[A-Za-z]{3,}", text)
+    caps = [w for w in long_words if w.isupper()]
+    if len(caps) >= 4 and len(caps) >= 0.6 * len(long_words):
+        total += 0.7  # the whole turn is shouted
+    elif len(caps) >= 2:
         total += 0.4
     return total
 

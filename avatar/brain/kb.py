@@ -127,6 +127,7 @@ class _Draft:
     scenario_name: str | None
     source: str
     from_yaml: bool
+    risk_where: tuple[str, str] = ("", "")  # where risk_notice is set: (file:line, field path)
 
 
 @dataclass
@@ -212,8 +213,7 @@ def _finish(loader: _Loader) -> dict[str, Entry]:
     for draft in loader.drafts.values():
         if draft.risk_notice and "risk" not in loader.notices.get(draft.lang, {}):
             loader.error(
-                draft.source,
-                "risk_notice",
+                *draft.risk_where,
                 f"entry '{draft.id}' needs a risk statement but no file sets notices.risk for lang '{draft.lang}'",
             )
         questions = list(dict.fromkeys(q for q in draft.questions))
@@ -451,6 +451,7 @@ def _load_yaml_entry(
         scenario_name=scenario_name,
         source=where,
         from_yaml=True,
+        risk_where=(_where(file, entry["risk_notice"][0]), f"{path}.risk_notice") if "risk_notice" in entry else ("", ""),
     )
 
 

@@ -160,7 +160,8 @@ ASPECT_PATTERNS: dict[str, re.Pattern[str]] = {
         re.I,
     ),
     "limit": re.compile(
-        r"\b(?:limit|limits|maximum|max|minimum|min|how much can i|cap|up to how much)\b|限额|额度|上限|下限|最多|最高|最低|限制",
+        r"\b(?:limit|limits|maximum|max|minimum|min|how much can i|cap|up to how much|raise|increase|higher|lower)\b|"
+        r"限额|额度|上限|下限|最多|最高|最低|限制|提高|调高|提升|调整",
         re.I,
     ),
     "channel": re.compile(
