@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 
 from avatar.brain import Brain, DialogueContext, Reply
-from avatar.brain.policy import aspect_of, choice_index, is_elliptical, smalltalk_kind, split_sentences, wants_human
+from avatar.brain.policy import (
+    aspect_of,
+    choice_index,
+    is_elliptical,
+    smalltalk_kind,
+    split_sentences,
+    wants_human,
+)
 
 FIXTURE_KB = Path(__file__).parent / "data" / "brain" / "kb"
 

@@ -63,7 +63,7 @@ _ZH_NUMBER_RE = re.compile(
 _URL_RE = re.compile(r"https?://\S+|www\.\S+|\b[\w-]+\.(?:com|cn|net|org)\b", re.I)
 _EN_WORD_RE = re.compile(r"[A-Za-z][\w'&-]*")
 _ZH_QUOTED_RE = re.compile(r"[「《“\"]([^」》”\"]{1,20})[」》”\"]")
-_ZH_PRODUCT_RE = re.compile(r"[\u4e00-\u9fff]{1,6}(?:金卡|白金卡|钻石卡|信用卡|借记卡|储蓄卡|宝|贷|通|理财|基金|保险|存单)")
+_ZH_PRODUCT_RE = re.compile(r"[\u4e00-\u9fff]{1,6}(?:金卡|白金卡|钻石卡|信用卡|借记卡|储蓄卡|宝|贷|理财|基金|保险|存单)")
 _ALLOWED_NAMES = frozenset({"I", "I'm", "I'll", "I've", "I'd", "OK", "Sure", "Yes", "No", "Hello", "Hi"})
 
 

@@ -1,0 +1,102 @@
+"""Topic recognition: the numpy RBF-SVM, calibration, caching, and the shipped Chinese part."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.svm import SVC
+
+from avatar.brain import Brain, DialogueContext
+from avatar.brain.classifier import RBF_C, RBF_GAMMA, E5Embedder, FloatArray, IntentModel, RbfSvm
+from avatar.brain.kb import default_kb_path
+
+
+class CountingEmbedder:
+    """The real e5 embedder, counting the texts it is asked to embed."""
+
+    def __init__(self, inner: E5Embedder) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.embedded: list[str] = []
+
+    def embed(self, texts: Sequence[str]) -> FloatArray:
+        self.embedded.extend(texts)
+        return self.inner.embed(texts)
+
+
+@pytest.fixture(scope="module")
+def e5() -> E5Embedder:
+    return E5Embedder()
+
+
+def test_numpy_rbf_svm_matches_scikit_learn() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(5, 16))
+    x = np.concatenate([c + 0.6 * rng.normal(size=(30, 16)) for c in centres]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    y = np.repeat(np.arange(5), 30)
+    ours = RbfSvm.fit(x, y, 5)
+    reference = SVC(C=RBF_C, kernel="rbf", gamma=RBF_GAMMA, decision_function_shape="ovr").fit(x, y)
+    probe = x[::7] + 0.05 * rng.normal(size=x[::7].shape).astype(np.float32)
+    np.testing.assert_allclose(ours.scores(probe), reference.decision_function(probe), atol=1e-4)
+
+
+def test_learning_is_cached_and_only_new_questions_are_embedded(tmp_path: Path, e5: E5Embedder) -> None:
+    samples = [
+        ("en", "card_lost", "I lost my card"),
+        ("en", "card_lost", "My card was stolen"),
+        ("en", "card_lost", "How do I block my card?"),
+        ("en", "balance", "What is my balance?"),
+        ("en", "balance", "How much money do I have?"),
+        ("en", "balance", "Show me my account balance"),
+        ("zh", "zh_balance", "怎么查余额"),
+    ]
+    first = CountingEmbedder(e5)
+    model = IntentModel.build(samples, tmp_path, first)
+    assert sorted(set(first.embedded) & {q for _, _, q in samples}) == sorted(q for _, _, q in samples)
+    assert model.rank("I can't find my card", "en").topics[0] == "card_lost"
+    # A Chinese knowledge base with one topic still answers it (and e5 is multilingual).
+    assert model.rank("我的余额是多少", "zh").topics == ["zh_balance"]
+    again = CountingEmbedder(e5)
+    cached = IntentModel.build(samples, tmp_path, again)
+    assert again.embedded == []  # nothing embedded, nothing learnt: loaded from the cache
+    assert cached.rank("I can't find my card", "en").probabilities == pytest.approx(
+        model.rank("I can't find my card", "en").probabilities
+    )
+    more = [*samples, ("en", "balance", "Tell me my balance please")]
+    third = CountingEmbedder(e5)
+    IntentModel.build(more, tmp_path, third)
+    assert third.embedded == ["Tell me my balance please"]  # only the new question
+
+
+def test_calibrated_probabilities_rank_and_sum_to_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    brain = Brain.load(Path(__file__).parent / "data" / "brain" / "kb", tmp_path_factory.getbasetemp() / "brain-data")
+    ranking = brain.rank("How can I wire money overseas?")
+    assert ranking.topics[0] == "international_transfer"
+    assert sum(ranking.probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert ranking.probabilities == sorted(ranking.probabilities, reverse=True)
+    assert len(ranking.similarities) == len(ranking.topics)
+    assert ranking.similarities[0] >= ranking.nearest_similarity - 0.2
+    far = brain.rank("Write me a poem about the sea")
+    assert far.anchor_similarity > far.nearest_similarity
+    classifier = brain.model.classifiers["en"]
+    assert 0.0 < classifier.final_temperature and all(t > 0 for t in classifier.temperatures)
+    assert 0.5 < classifier.in_domain_similarity < 1.0
+
+
+@pytest.mark.slow
+def test_shipped_chinese_knowledge_base(tmp_path_factory: pytest.TempPathFactory) -> None:
+    brain = Brain.load(default_kb_path() / "zh", tmp_path_factory.getbasetemp() / "brain-data-zh")
+    context = DialogueContext()
+    lost = brain.reply(context, "我的借记卡丢了，怎么办")
+    assert (lost.action, lost.topic) == ("answer", "card_loss_report")
+    fee = brain.reply(context, "那手续费呢")
+    assert fee.topic == "card_loss_report" and fee.text == brain.kb.entries["card_loss_report"].details["fee"]
+    wealth = brain.reply(DialogueContext(), "理财产品的风险等级是怎么划分的")
+    assert wealth.topic == "wealth_risk_levels" and wealth.text.endswith(brain.kb.notice("zh", "risk") or "?")
+    fraud = brain.reply(DialogueContext(), "我好像被骗了，钱已经转出去了")
+    assert (fraud.action, fraud.reason) == ("handoff", "topic_flagged")
+    assert brain.reply(DialogueContext(), "给我讲个笑话吧").action == "out_of_scope"
