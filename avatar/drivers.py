@@ -53,7 +53,7 @@ def load_brain(settings: Any) -> Any:
         llm = LLMSettings(
             url=settings.llm_url, model=settings.llm_model, api_key=settings.llm_api_key, timeout=settings.llm_timeout
         )
-    return Brain.load(settings.kb_path, settings.data_dir, llm=llm)
+    return Brain.load(settings.kb_path, settings.data_dir, llm=llm, progress=lambda step: log.info("brain: %s", step))
 
 
 def make_driver(settings: Any, brain: Any) -> Any:

@@ -80,3 +80,34 @@ def test_page_shows_a_clear_message_when_the_server_is_full(tmp_path: Path, brow
         first.close()
         second.close()
         stop_server(srv)
+
+
+def test_the_brain_answers_a_typed_question_on_topic(tmp_path: Path, browser: Any) -> None:
+    """The AI driver on a bank's own knowledge base (here the English YAML alone, which learns in
+    seconds): a typed question gets the knowledge base's answer, spoken and captioned."""
+    import yaml
+
+    from tests.e2e.conftest import start_server, stop_server
+
+    kb = Path("assets/knowledge/en/banking77.yaml").resolve()
+    doc = yaml.safe_load(kb.read_text(encoding="utf-8"))
+    answers = {
+        e["id"]: e["answer"] for p in doc["products"] for sc in p["scenarios"] for e in sc["entries"]
+    }
+    srv = start_server(tmp_path, {"AVATAR_DRIVER": "brain", "AVATAR_KB_PATH": str(kb)})
+    page = browser.new_page()
+    try:
+        page.goto(srv.url + "/")
+        page.click("#start")
+        page.wait_for_function("window.avatarClient.connected === true", timeout=20_000)
+        page.fill("#text", "I want to activate my card")
+        page.click("#send")
+        page.wait_for_function("window.avatarClient.captions.length > 0", timeout=20_000)
+        first = page.evaluate("window.avatarClient.captions[0].text")
+        expected = answers["activate_my_card"]
+        # The first spoken sentence is the start of the knowledge base's answer.
+        assert expected.startswith(first.rstrip(".!?")[:30]), (first, expected)
+        page.wait_for_function("window.avatarClient.states.includes('speaking')")
+    finally:
+        page.close()
+        stop_server(srv)
