@@ -449,7 +449,19 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
             "Ignoring backchannels means waiting until the speech is longer than one "
             f"({extra['config'].bargein.backchannel_max} s) unless a partial transcript shows other words first.",
         ]
+    lines += ["", NOTES]
     return "\n".join(lines)
+
+
+NOTES = (
+    "Reading the figures: *hearing the end of speech* includes one 20 ms packet, aiortc's audio "
+    "receive buffer on the server (it holds 4 packets, 80 ms, before releasing any) and the VAD's "
+    "trailing windows; *end of turn* is the silence waited for, which is `commit_silence` or the "
+    "recognition time when the speculative transcript reads finished, else `end_of_turn`; "
+    "*recognition left* is what recognition still needed once the turn was over. On these shared "
+    "2-core machines Whisper's time per utterance grows with the load average (see the asr section "
+    "for its unloaded cost); the barge-in *hearing the onset* row carries the same 80 ms buffer."
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
