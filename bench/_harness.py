@@ -147,7 +147,23 @@ class CpuWindow:
         }
         busy, total = machine_cpu_seconds()
         out["machine"] = 100.0 * (busy - self.machine0[0]) / max(total - self.machine0[1], 1e-9)
+        # What every other process took, in % of one core: the contention on a shared machine.
+        ours = sum(out[name] for name in self.pids)
+        out["others"] = max(0.0, out["machine"] * (os.cpu_count() or 1) - ours)
         return out
+
+
+async def wait_for_quiet(pids: dict[str, int], limit: float, most: float, probe: float = 2.0) -> float:
+    """Wait (at most ``most`` seconds) until processes other than ``pids`` use under ``limit``
+    percent of one core over a ``probe``-second sample; return what they used last."""
+    deadline = time.monotonic() + most
+    while True:
+        window = CpuWindow(pids)
+        window.start()
+        await asyncio.sleep(probe)
+        others = window.stop()["others"]
+        if others < limit or time.monotonic() >= deadline:
+            return others
 
 
 def machine_line() -> str:
