@@ -18,19 +18,39 @@ class BrainDriver:
 
     The brain's reply (topic, confidence, emotion, suggestions) is kept on the session for
     the operator's panel; only the answer text reaches the customer. A handover request marks
-    the session as waiting for a human with the brain's reason.
+    the session as waiting for a human with the brain's reason. While the brain is still
+    learning (first start), the customer hears a short holding line and the answer follows.
     """
 
     name = "brain"
 
-    def __init__(self, brain: Any) -> None:
+    def __init__(self, engines: Any) -> None:
         from avatar.brain import DialogueContext
 
-        self.brain = brain
+        self.engines = engines
         self.context = DialogueContext()
 
+    async def _brain(self, session: Session, lang: str) -> Any:
+        if self.engines.brain is not None:
+            return self.engines.brain
+        loading = self.engines.brain_loading
+        if loading is None:
+            raise RuntimeError("the dialogue brain is not loaded")
+        if not loading.done():
+            session.say(HOLDING[lang], lang=lang)
+        return await asyncio.shield(loading)
+
     async def on_customer_text(self, session: Session, text: str) -> None:
-        reply = await asyncio.to_thread(self.brain.reply, self.context, text)
+        from avatar.speech.lang import detect_lang
+
+        lang = detect_lang(text)
+        try:
+            brain = await self._brain(session, lang)
+            reply = await brain.areply(self.context, text)
+        except Exception:
+            log.exception("session %s: the brain could not answer", session.id)
+            session.say(APOLOGY[lang], lang=lang)
+            return
         session.last_reply = reply.to_dict()
         log.info(
             "session %s: brain %s topic=%s confidence=%.2f emotion=%.2f",
@@ -40,6 +60,24 @@ class BrainDriver:
             session.say(reply.text, lang=reply.lang)
         if reply.action == "handoff":
             session.request_handoff(reply.reason or "the brain asked for a human")
+
+
+HOLDING = {"en": "One moment, please.", "zh": "请稍等。"}
+APOLOGY = {
+    "en": "I'm sorry, I can't answer that right now. Let me find a colleague to help you.",
+    "zh": "抱歉，我暂时无法回答，我为您联系人工客服。",
+}
+
+
+async def load_brain_in_background(engines: Any, settings: Any) -> Any:
+    """Learn or load the brain in a worker thread and publish it on ``engines``."""
+    try:
+        engines.brain = await asyncio.to_thread(load_brain, settings)
+    except Exception:
+        log.exception("the dialogue brain could not be loaded")
+        raise
+    log.info("the dialogue brain is ready")
+    return engines.brain
 
 
 def load_brain(settings: Any) -> Any:
@@ -56,10 +94,10 @@ def load_brain(settings: Any) -> Any:
     return Brain.load(settings.kb_path, settings.data_dir, llm=llm, progress=lambda step: log.info("brain: %s", step))
 
 
-def make_driver(settings: Any, brain: Any) -> Any:
-    """A new driver for one session: the brain when configured and loaded, else the echo driver."""
+def make_driver(settings: Any, engines: Any) -> Any:
+    """A new driver for one session: the brain when configured (loaded or loading), else echo."""
     from avatar.session import EchoDriver
 
-    if settings.driver == "brain" and brain is not None:
-        return BrainDriver(brain)
+    if settings.driver == "brain" and (engines.brain is not None or engines.brain_loading is not None):
+        return BrainDriver(engines)
     return EchoDriver()

@@ -62,16 +62,24 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if owned:
         app[ENGINES] = Engines.build(settings)
     engines = app[ENGINES]
-    if settings.driver == "brain" and engines.brain is None:
-        from avatar.drivers import load_brain
+    started_loading = False
+    if settings.driver == "brain" and engines.brain is None and engines.brain_loading is None:
+        from avatar.brain.kb import load_kb
+        from avatar.drivers import load_brain_in_background
 
-        log.info("loading the dialogue brain (the first start learns the knowledge base: up to a minute)")
-        engines.brain = await asyncio.to_thread(load_brain, settings)
+        # Validating is quick: a broken knowledge base stops the start with its errors. Learning
+        # can take minutes the first time, so it runs in the background while the server listens.
+        await asyncio.to_thread(load_kb, settings.kb_path)
+        log.info("the dialogue brain is loading (the first start learns the knowledge base: a few minutes)")
+        engines.brain_loading = asyncio.create_task(load_brain_in_background(engines, settings), name="brain-load")
+        started_loading = True
     await engines.warm_up()
     app[SESSIONS] = SessionManager(engines, settings)
     yield
     # Graceful shutdown: close every peer and session, then the engines.
     await app[SESSIONS].close_all()
+    if started_loading and engines.brain_loading is not None and not engines.brain_loading.done():
+        engines.brain_loading.cancel()  # the worker thread finishes on its own; nobody waits for it
     if owned:
         engines.close()
 

@@ -30,6 +30,7 @@ class Engines:
     catalog: AvatarCatalog
     render_pool: ThreadPoolExecutor
     brain: Any = None  # avatar.brain.Brain when loaded
+    brain_loading: asyncio.Task[Any] | None = None  # the brain learning in the background
     extra: dict[str, Any] = field(default_factory=dict)
     _face_tracker: Any = None
     _face_lock: threading.Lock = field(default_factory=threading.Lock)

@@ -49,7 +49,16 @@ def session_or_404(request: web.Request) -> Session:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS].sessions)})
+    engines = request.app[ENGINES]
+    if engines.brain is not None:
+        brain = "ready"
+    elif engines.brain_loading is None:
+        brain = "off"
+    elif engines.brain_loading.done():
+        brain = "failed"
+    else:
+        brain = "loading"
+    return web.json_response({"status": "ok", "sessions": len(request.app[SESSIONS].sessions), "brain": brain})
 
 
 @routes.get("/api/avatars")

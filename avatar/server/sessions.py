@@ -94,7 +94,7 @@ class SessionManager:
         def speaker_factory(stage: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
             return Speaker(stage, source, self._mouth, emit)
 
-        driver = self.driver_factory() if self.driver_factory else make_driver(self.settings, self.engines.brain)
+        driver = self.driver_factory() if self.driver_factory else make_driver(self.settings, self.engines)
         session = Session(stage, speaker_factory, driver, avatar)
         return session
 

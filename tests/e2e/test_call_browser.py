@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,16 @@ def test_the_brain_answers_a_typed_question_on_topic(tmp_path: Path, browser: An
     srv = start_server(tmp_path, {"AVATAR_DRIVER": "brain", "AVATAR_KB_PATH": str(kb)})
     page = browser.new_page()
     try:
+        # The server listens at once and learns the knowledge base in the background.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(srv.url + "/healthz", timeout=5) as resp:
+                state = json.load(resp)["brain"]
+            assert state in ("loading", "ready"), state
+            if state == "ready":
+                break
+            time.sleep(0.5)
+        assert state == "ready"
         page.goto(srv.url + "/")
         page.click("#start")
         page.wait_for_function("window.avatarClient.connected === true", timeout=20_000)
