@@ -33,7 +33,7 @@ CLIPS: dict[str, tuple[str, float]] = {
     # (the real-browser barge-in test).
     "long_question": (
         "I would like to set up a standing order from my savings account to my sister's account "
-        "on the first day of every month.",
+        "on the first day of every month, and I need to know if there is a fee.",
         1.0,
     ),
     # The avatar's own voice, used as the far end in the echo-guard tests.
