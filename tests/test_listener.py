@@ -507,7 +507,8 @@ def test_the_recognition_prompt_puts_knowledge_base_terms_first(tmp_path: Path) 
     assert brain_vocabulary(None, "en") == []
     engines = Engines.build(make_settings(tmp_path))
     try:
-        engines.brain = SimpleNamespace(kb=kb)
+        assert engines.asr_prompt("en").startswith("Bank customer service call about account balance, ")
+        engines.brain = SimpleNamespace(kb=kb)  # the brain finished loading after the first turns
         english = engines.asr_prompt("en")
         assert english.startswith(
             "Bank customer service call about Premier Rewards card, Cashback, Lounge access, "

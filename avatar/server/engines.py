@@ -43,7 +43,8 @@ class Engines:
     _recognizer: SpeechRecognizer | None = None
     _recognizer_error: ASRError | None = None
     _listen_lock: threading.Lock = field(default_factory=threading.Lock)
-    _prompts: dict[str, str] = field(default_factory=dict)
+    _prompts: dict[str, str] = field(default_factory=dict)  # by language, for _prompts_brain
+    _prompts_brain: Any = None
 
     def face_tracker(self) -> Any:
         """The mediapipe face tracker, loaded on first use (only mirror/puppet sessions need it)."""
@@ -98,15 +99,19 @@ class Engines:
     def asr_prompt(self, lang: str | None) -> str:
         """The recognition prompt for ``lang``: knowledge-base terms (when a brain with a
         knowledge base is loaded) first, then the built-in banking words. An English-only
-        recogniser always gets the English prompt."""
+        recogniser always gets the English prompt. Rebuilt when the brain changes (it may finish
+        loading after the first customers)."""
         from avatar.speech.asr.prompt import domain_prompt
 
         if self._recognizer is not None and getattr(self._recognizer, "multilingual", True) is False:
             lang = "en"
         key = "zh" if (lang or "").lower().startswith("zh") else "en"
+        brain = self.brain
+        if brain is not self._prompts_brain:
+            self._prompts, self._prompts_brain = {}, brain
         prompt = self._prompts.get(key)
         if prompt is None:
-            prompt = self._prompts[key] = domain_prompt(brain_vocabulary(self.brain, key), key)
+            prompt = self._prompts[key] = domain_prompt(brain_vocabulary(brain, key), key)
         return prompt
 
     async def warm_up(self) -> None:
