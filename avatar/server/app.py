@@ -81,7 +81,7 @@ async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
     if started_loading and engines.brain_loading is not None and not engines.brain_loading.done():
         engines.brain_loading.cancel()  # the worker thread finishes on its own; nobody waits for it
     if owned:
-        engines.close()
+        await engines.aclose()  # releases the recogniser, then the thread pools
 
 
 def create_app(settings: Settings, engines: Engines | None = None) -> web.Application:

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per recognition otherwise
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

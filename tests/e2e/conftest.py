@@ -112,3 +112,37 @@ def browser() -> Iterator[Any]:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def wait_for_brain(server: ServerProcess, within: float = 180.0) -> None:
+    """Wait until the server's brain has learnt its knowledge base (it does so in the background)."""
+    import json
+
+    deadline = time.monotonic() + within
+    state = "unknown"
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(server.url + "/healthz", timeout=5) as resp:
+            state = json.load(resp)["brain"]
+        if state not in ("loading", "ready"):
+            raise RuntimeError(f"the brain is {state}:\n{server.log.read_text()}")
+        if state == "ready":
+            return
+        time.sleep(0.5)
+    raise RuntimeError(f"the brain did not become ready in {within:.0f} s")
+
+
+#: A bank-sized knowledge base for browser tests that need the real brain: the English YAML
+#: alone (77 topics, a few questions each) learns in seconds, unlike the whole shipped one.
+SMALL_KB = Path(__file__).resolve().parents[2] / "assets" / "knowledge" / "en" / "banking77.yaml"
+
+
+def kb_answer(topic: str, kb: Path = SMALL_KB) -> str:
+    import yaml
+
+    doc = yaml.safe_load(kb.read_text(encoding="utf-8"))
+    for product in doc["products"]:
+        for scenario in product["scenarios"]:
+            for entry in scenario["entries"]:
+                if entry["id"] == topic:
+                    return str(entry["answer"])
+    raise KeyError(topic)
