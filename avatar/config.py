@@ -79,7 +79,7 @@ class Settings:
     asr_timeout: float = 10.0
     asr_cpu_threads: int = 2
     end_of_turn: float = 0.6  # seconds of silence that end the customer's turn
-    ignore_backchannel: bool = True  # "uh-huh", "嗯" while the avatar speaks do not interrupt it
+    ignore_backchannel: bool = False  # True: "uh-huh", "嗯" while the avatar speaks do not interrupt it (costs ~0.5 s of barge-in delay)
     silence_prompt_after: float = 20.0  # seconds of customer silence before a gentle prompt
     silence_close_after: float = 60.0  # ... and before a polite goodbye
     # [brain]
