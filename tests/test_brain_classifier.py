@@ -7,10 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import SVC
 
 from avatar.brain import Brain, DialogueContext
-from avatar.brain.classifier import RBF_C, RBF_GAMMA, E5Embedder, FloatArray, IntentModel, RbfSvm
+from avatar.brain.classifier import (
+    RBF_C,
+    RBF_GAMMA,
+    E5Embedder,
+    FloatArray,
+    IntentModel,
+    RbfSvm,
+    TfidfBlock,
+    zh_words,
+)
 from avatar.brain.kb import default_kb_path
 
 
@@ -41,7 +51,27 @@ def test_numpy_rbf_svm_matches_scikit_learn() -> None:
     ours = RbfSvm.fit(x, y, 5)
     reference = SVC(C=RBF_C, kernel="rbf", gamma=RBF_GAMMA, decision_function_shape="ovr").fit(x, y)
     probe = x[::7] + 0.05 * rng.normal(size=x[::7].shape).astype(np.float32)
-    np.testing.assert_allclose(ours.scores(probe), reference.decision_function(probe), atol=1e-4)
+    ours_scores = ours.scores(probe @ x.T, (probe**2).sum(1))
+    np.testing.assert_allclose(ours_scores, reference.decision_function(probe), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"ngram_range": (1, 2)},
+        {"analyzer": "char_wb", "ngram_range": (2, 5), "min_df": 2},
+        {"analyzer": zh_words},
+    ],
+)
+def test_lean_tfidf_transform_matches_scikit_learn(options: dict[str, object]) -> None:
+    corpus = [
+        "I lost my card", "My card was stolen yesterday", "How do I block my card?", "card card card",
+        "银行卡丢了怎么办", "怎么挂失银行卡", "What's my balance?", "查询余额",
+    ]
+    vectorizer = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, **options).fit(corpus)
+    probes = ["I lost my card card", "block the card please", "nothing known here", "银行卡挂失", ""]
+    ours = TfidfBlock(vectorizer).transform(probes).toarray()
+    np.testing.assert_allclose(ours, vectorizer.transform(probes).toarray(), atol=1e-6)
 
 
 def test_learning_is_cached_and_only_new_questions_are_embedded(tmp_path: Path, e5: E5Embedder) -> None:

@@ -122,6 +122,10 @@ class _Draft:
     failed: bool = False
     pending: list[str] = field(default_factory=list)
     suffix: str = ""  # said after the (possibly rephrased) text: the risk notice
+    # Filled in by Brain._decide for every turn:
+    emotion: float = 0.0
+    redacted: str = ""  # the customer's text, redacted (what is kept and what an LLM sees)
+    suggestions: list[Suggestion] = field(default_factory=list)
 
 
 class _Recognition:
@@ -175,16 +179,13 @@ class Brain:
         """Decide the reply to the customer's ``text`` and update ``context``. Synchronous and
         fast without an LLM; with one, it waits for the endpoint (on an event loop use
         ``areply`` or ``reply_stream``)."""
-        decided = self._decide(context, text)
-        return self._finish(context, decided, text, self._rephrase(decided[0], decided[2]))
+        draft = self._decide(context, text)
+        return self._finish(context, draft, text, self._rephrase(draft))
 
     async def areply(self, context: DialogueContext, text: str) -> Reply:
-        """``reply`` for an event loop: the LLM call, if any, runs in a worker thread."""
-        decided = self._decide(context, text)
-        rephrased = None
-        if self.rephraser is not None and decided[0].knowledge is not None:
-            rephrased = await asyncio.to_thread(self._rephrase, decided[0], decided[2])
-        return self._finish(context, decided, text, rephrased)
+        """``reply`` for an event loop: the whole turn (embedding, models, the LLM call if any)
+        runs in a worker thread."""
+        return await asyncio.to_thread(self.reply, context, text)
 
     async def reply_stream(self, context: DialogueContext, text: str) -> AsyncIterator[str]:
         """The reply's sentences, for speech to start on the first. ``context.last_reply`` holds
@@ -200,14 +201,14 @@ class Brain:
 
     # --------------------------------------------------------------------------- internals
 
-    def _rephrase(self, draft: _Draft, redacted: str) -> str | None:
+    def _rephrase(self, draft: _Draft) -> str | None:
         if self.rephraser is None or draft.knowledge is None:
             return None
         if draft.smalltalk:
-            return self.rephraser.smalltalk(redacted, draft.knowledge, draft.lang)
-        return self.rephraser.rephrase(redacted, draft.knowledge, draft.lang)
+            return self.rephraser.smalltalk(draft.redacted, draft.knowledge, draft.lang)
+        return self.rephraser.rephrase(draft.redacted, draft.knowledge, draft.lang)
 
-    def _decide(self, context: DialogueContext, text: str) -> tuple[_Draft, float, str, list[Suggestion]]:
+    def _decide(self, context: DialogueContext, text: str) -> _Draft:
         stripped = text.strip()
         lang = detect_lang(stripped) if stripped else (context.lang or self.kb.languages()[0])
         redacted = redact(stripped)
@@ -220,8 +221,9 @@ class Brain:
             )
         # An operator taking over sees the knowledge answers closest to what was asked.
         wanted = recognition.done or (draft.action == "handoff" and bool(stripped))
-        suggestions = self._suggestions(recognition.get()) if wanted else []
-        return draft, emotion, redacted, suggestions
+        draft.suggestions = self._suggestions(recognition.get()) if wanted else []
+        draft.emotion, draft.redacted = emotion, redacted
+        return draft
 
     def _route(
         self, context: DialogueContext, text: str, lang: str, emotion: float, recognition: _Recognition
@@ -248,7 +250,7 @@ class Brain:
         follow_up = self._follow_up(context, text, lang, ranking)
         if follow_up is not None:
             return follow_up
-        return self._from_ranking(text, lang, ranking)
+        return self._from_ranking(lang, ranking)
 
     def _complaint(self, lang: str, ranking: Ranking) -> _Draft:
         """A complaint goes to a person; the knowledge base's own complaint entry, when it has a
@@ -280,9 +282,10 @@ class Brain:
         lead = self._phrase(entry.lang, "no_detail").format(aspect=ASPECT_NAMES[entry.lang][aspect])
         draft = self._answer(entry, 1.0, entry.lang)
         draft.text = lead + draft.text
+        draft.knowledge = None  # said as is: a rephrasing would drop the "no separate information"
         return draft
 
-    def _from_ranking(self, text: str, lang: str, ranking: Ranking) -> _Draft:
+    def _from_ranking(self, lang: str, ranking: Ranking) -> _Draft:
         classifier = self.model.classifier_for(lang)
         top, p1 = ranking.topics[0], ranking.probabilities[0]
         p2 = ranking.probabilities[1] if len(ranking.probabilities) > 1 else 0.0
@@ -357,14 +360,7 @@ class Brain:
             out.append(Suggestion(topic, entry.title, entry.answer, round(probability, 4)))
         return out
 
-    def _finish(
-        self,
-        context: DialogueContext,
-        decided: tuple[_Draft, float, str, list[Suggestion]],
-        text: str,
-        rephrased: str | None,
-    ) -> Reply:
-        draft, emotion, _, suggestions = decided
+    def _finish(self, context: DialogueContext, draft: _Draft, text: str, rephrased: str | None) -> Reply:
         body = rephrased if rephrased is not None else draft.text
         parts = [body]
         if draft.suffix:
@@ -378,15 +374,15 @@ class Brain:
             topic=draft.topic,
             confidence=round(float(draft.confidence), 4),
             text=final,
-            emotion=emotion,
+            emotion=draft.emotion,
             reason=draft.reason,
-            suggestions=suggestions,
+            suggestions=draft.suggestions,
             lang=draft.lang,
             rephrased=rephrased is not None,
         )
         stripped = text.strip()
         context.lang = draft.lang if stripped else context.lang
-        context.emotion = emotion
+        context.emotion = draft.emotion
         context.failed_turns = context.failed_turns + 1 if draft.failed else 0
         context.pending = list(draft.pending)
         if draft.action == "answer" and draft.topic is not None:
@@ -394,7 +390,7 @@ class Brain:
         elif draft.action == "handoff":
             context.topic = draft.topic or context.topic
         if stripped:
-            context.add("customer", redact(stripped))
+            context.add("customer", draft.redacted)
         context.add("assistant", final)
         context.last_reply = reply
         return reply

@@ -25,6 +25,7 @@ questions only embeds those.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -45,7 +46,7 @@ from numpy.typing import NDArray
 log = logging.getLogger(__name__)
 
 # Bump when features, models or their parameters change: it invalidates cached models.
-MODEL_VERSION = "brain-intent-4"
+MODEL_VERSION = "brain-intent-7"
 # Log-probability weights of the views (lexical SVM, embedding RBF-SVM, nearest questions),
 # chosen by 5-fold cross-validation on the BANKING77 train split (see bench/bench_brain.py).
 VIEW_WEIGHTS: tuple[float, float, float] = (1.0, 2.0, 1.0)
@@ -221,9 +222,13 @@ class RbfSvm:
     one-vs-one votes plus a bounded sum of confidences, per class. The pairwise decisions are
     one sparse product: ``pairs[p, sv]`` is the dual coefficient of support vector ``sv`` in the
     classifier of pair ``p`` (zero when ``sv`` belongs to neither class of the pair).
+
+    The support vectors are rows of the training matrix (``support_index``); the kernel is
+    computed from the utterance's dot products with the training rows, which the nearest-question
+    view needs anyway, so the (memory-bound) product over the training set is done once.
     """
 
-    support: FloatArray  # (n_sv, d)
+    support_index: NDArray[np.int64]  # (n_sv,) rows of the training matrix
     support_sq: FloatArray  # (n_sv,) squared norms
     pairs: Any  # scipy CSR (n_pairs, n_sv)
     intercept: FloatArray  # (n_pairs,)
@@ -269,7 +274,7 @@ class RbfSvm:
         second[np.arange(n_pairs), pair_j] = 1.0
         support = np.asarray(svc.support_vectors_, dtype=np.float32)
         return cls(
-            support=support,
+            support_index=np.asarray(svc.support_, dtype=np.int64),
             support_sq=(support**2).sum(1),
             pairs=pairs,
             intercept=np.asarray(svc.intercept_, dtype=np.float32),
@@ -278,9 +283,10 @@ class RbfSvm:
             gamma=RBF_GAMMA,
         )
 
-    def scores(self, x: FloatArray) -> FloatArray:
-        """(n, n_classes) scores for the rows of ``x``."""
-        sq = (x**2).sum(1)[:, None] + self.support_sq[None, :] - 2.0 * (x @ self.support.T)
+    def scores(self, dots: FloatArray, x_sq: FloatArray) -> FloatArray:
+        """(n, n_classes) scores of ``n`` rows given their dot products with every training row
+        (n, n_train) and their squared norms (n,)."""
+        sq = x_sq[:, None] + self.support_sq[None, :] - 2.0 * dots[:, self.support_index]
         kernel = np.exp(-self.gamma * np.maximum(sq, 0.0)).astype(np.float32)  # (n, n_sv)
         decision = np.asarray((self.pairs @ kernel.T).T) + self.intercept[None, :]  # (n, n_pairs)
         wins = (decision > 0).astype(np.float32)
@@ -304,11 +310,13 @@ class NearestQuestions:
         table = np.full((n_classes, width), len(x), dtype=np.int64)
         for c, r in enumerate(rows):
             table[c, : len(r)] = r
-        return cls(vectors=x, table=table, counts=np.array([len(r) for r in rows], dtype=np.int64))
+        vectors = np.ascontiguousarray(x, dtype=np.float32)
+        return cls(vectors=vectors, table=table, counts=np.array([len(r) for r in rows], dtype=np.int64))
 
     def similarities(self, x: FloatArray) -> FloatArray:
-        """(n, n_questions) cosine similarity of each row of ``x`` to every training question."""
-        return np.asarray(x @ self.vectors.T, dtype=np.float32)
+        """(n, n_questions) cosine similarity (dot product of unit vectors) of each row of ``x`` to
+        every training question."""
+        return np.asarray(np.asarray(x, dtype=np.float32) @ self.vectors.T, dtype=np.float32)
 
     def scores(self, sims: FloatArray) -> FloatArray:
         padded = np.concatenate([sims, np.full((sims.shape[0], 1), -np.inf, np.float32)], 1)
@@ -356,20 +364,88 @@ class Ranking:
 
 
 @dataclass(frozen=True)
+class TfidfBlock:
+    """A fitted ``TfidfVectorizer`` (sublinear tf, l2 norm) with a lean ``transform`` for a few
+    utterances: the same numbers as scikit-learn's, without its per-call parameter checks,
+    which cost more than the arithmetic for one sentence."""
+
+    vectorizer: Any
+
+    @functools.cached_property
+    def _analyzer(self) -> Callable[[str], list[str]]:
+        analyzer: Callable[[str], list[str]] = self.vectorizer.build_analyzer()
+        return analyzer
+
+    @functools.cached_property
+    def _idf(self) -> NDArray[np.float32]:
+        return np.asarray(self.vectorizer.idf_, dtype=np.float32)
+
+    def transform(self, texts: Sequence[str]) -> Any:
+        vocabulary: dict[str, int] = self.vectorizer.vocabulary_
+        indptr, indices, values = [0], [], []
+        for text in texts:
+            counts: dict[int, int] = {}
+            for term in self._analyzer(text):
+                column = vocabulary.get(term)
+                if column is not None:
+                    counts[column] = counts.get(column, 0) + 1
+            columns = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+            weights = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float32, count=len(counts)))) * self._idf[columns]
+            norm = float(np.sqrt((weights**2).sum()))
+            indices.append(columns)
+            values.append(weights / norm if norm > 0 else weights)
+            indptr.append(indptr[-1] + len(columns))
+        return sp.csr_matrix(
+            (np.concatenate(values) if values else np.zeros(0, np.float32),
+             np.concatenate(indices) if indices else np.zeros(0, np.int64), np.array(indptr)),
+            shape=(len(texts), len(vocabulary)),
+            dtype=np.float32,
+        )
+
+
+@dataclass(frozen=True)
+class LinearScorer:
+    """A fitted linear SVM over the TF-IDF blocks, kept as one weight matrix per block so that
+    scoring needs neither stacking the blocks nor scikit-learn's per-call input checks."""
+
+    weights: tuple[FloatArray, ...]  # (n_features of block, n_classes) each
+    intercept: FloatArray  # (n_classes,)
+
+    @classmethod
+    def fit(cls, blocks: Sequence[Any], y: NDArray[np.int64]) -> LinearScorer:
+        from sklearn.svm import LinearSVC
+
+        svm = LinearSVC(C=SVM_C).fit(sp.hstack(blocks).tocsr(), y)
+        coef, intercept = np.asarray(svm.coef_), np.asarray(svm.intercept_)
+        if coef.shape[0] == 1:  # binary: one hyperplane scores the second class against the first
+            coef, intercept = np.vstack([-coef, coef]), np.concatenate([-intercept, intercept])
+        weights, start = [], 0
+        for block in blocks:
+            weights.append(np.ascontiguousarray(coef[:, start : start + block.shape[1]].T, dtype=np.float32))
+            start += block.shape[1]
+        return cls(tuple(weights), intercept.astype(np.float32))
+
+    def scores(self, blocks: Sequence[Any]) -> NDArray[np.float64]:
+        total = np.asarray(blocks[0] @ self.weights[0], dtype=np.float64)
+        for block, weight in zip(blocks[1:], self.weights[1:], strict=True):
+            total += block @ weight
+        return total + self.intercept
+
+
+@dataclass(frozen=True)
 class _Views:
     """The three fitted views over the topics ``columns`` (indexes into the full topic list)."""
 
     columns: NDArray[np.int64]
     n_topics: int
-    vectorizers: tuple[Any, ...]  # fitted TfidfVectorizers (words, characters)
-    svm: Any | None  # LinearSVC; None with a single topic
+    vectorizers: tuple[TfidfBlock, ...]  # words, characters
+    lexical: LinearScorer | None  # None with a single topic
     rbf: RbfSvm | None
     nearest: NearestQuestions
 
     @classmethod
     def fit(cls, lang: str, n_topics: int, texts: list[str], y: NDArray[np.int64], vectors: FloatArray) -> _Views:
         from sklearn.feature_extraction.text import TfidfVectorizer
-        from sklearn.svm import LinearSVC
 
         columns = np.unique(y)  # a cross-validation fold may lack a topic: fit on those present
         remap = np.full(n_topics, -1, dtype=np.int64)
@@ -378,26 +454,29 @@ class _Views:
         vectorizers: tuple[Any, ...]
         if lang == "zh":
             vectorizers = (
-                TfidfVectorizer(analyzer=_word_bigrams, sublinear_tf=True),
-                TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True),
+                TfidfVectorizer(analyzer=_word_bigrams, sublinear_tf=True, dtype=np.float32),
+                TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True, dtype=np.float32),
             )
         else:
             # min_df=2 drops one-off character n-grams (typos) once there is enough data.
             vectorizers = (
-                TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True),
+                TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, dtype=np.float32),
                 TfidfVectorizer(
-                    analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True, min_df=2 if len(texts) > 2000 else 1
+                    analyzer="char_wb",
+                    ngram_range=(2, 5),
+                    sublinear_tf=True,
+                    min_df=2 if len(texts) > 2000 else 1,
+                    dtype=np.float32,
                 ),
             )
         for vectorizer in vectorizers:
             vectorizer.fit(texts)
-        svm = rbf = None
+        lexical = rbf = None
         if len(columns) > 1:
-            features = sp.hstack([v.transform(texts) for v in vectorizers]).tocsr()
-            svm = LinearSVC(C=SVM_C).fit(features, local)
+            lexical = LinearScorer.fit([v.transform(texts) for v in vectorizers], local)
             rbf = RbfSvm.fit(vectors, local, len(columns))
         nearest = NearestQuestions.fit(vectors, local, len(columns))
-        return cls(columns, n_topics, vectorizers, svm, rbf, nearest)
+        return cls(columns, n_topics, tuple(TfidfBlock(v) for v in vectorizers), lexical, rbf, nearest)
 
     def scores(self, texts: list[str], vectors: FloatArray) -> tuple[list[NDArray[np.float64]], NDArray[np.float64]]:
         """The views' raw scores (n, n_topics each; topics not fitted get -1000) and each
@@ -405,12 +484,9 @@ class _Views:
         n, k = len(texts), len(self.columns)
         sims = self.nearest.similarities(vectors)
         nearest = sims.max(1).astype(np.float64)
-        if self.svm is not None and self.rbf is not None:
-            features = sp.hstack([v.transform(texts) for v in self.vectorizers]).tocsr()
-            lexical = np.asarray(self.svm.decision_function(features), dtype=np.float64).reshape(n, -1)
-            if k == 2:  # a binary LinearSVC returns one column: the score of the second class
-                lexical = np.column_stack([-lexical[:, 0], lexical[:, 0]])
-            semantic = self.rbf.scores(vectors).astype(np.float64)
+        if self.lexical is not None and self.rbf is not None:
+            lexical = self.lexical.scores([v.transform(texts) for v in self.vectorizers])
+            semantic = self.rbf.scores(sims, (vectors**2).sum(1)).astype(np.float64)
         else:
             lexical = semantic = np.zeros((n, k))
         views = []

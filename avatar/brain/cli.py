@@ -22,6 +22,8 @@ import os
 import sys
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -135,7 +137,9 @@ def run_chat(args: argparse.Namespace) -> int:
         _show(brain.reply(context, line.strip()), args.json)
 
 
-def _read_cases(path: Path) -> list[tuple[int, str, str]]:
+def read_cases(path: Path) -> list[tuple[str, str]]:
+    """``(utterance, expected topic)`` pairs of a cases file (header row first). Raises
+    ``CliError`` naming the file (and line) when it cannot be used."""
     from avatar.cli import CliError
 
     try:
@@ -155,7 +159,7 @@ def _read_cases(path: Path) -> list[tuple[int, str, str]]:
                 continue
             if len(row) < 2 or not row[0].strip() or not row[1].strip():
                 raise CliError(f"{path}:{reader.line_num}: expected utterance,expected_topic")
-            cases.append((reader.line_num, row[0].strip(), row[1].strip()))
+            cases.append((row[0].strip(), row[1].strip()))
     except csv.Error as exc:
         raise CliError(f"{path}:{reader.line_num}: CSV error: {exc}") from exc
     if not cases:
@@ -163,50 +167,76 @@ def _read_cases(path: Path) -> list[tuple[int, str, str]]:
     return cases
 
 
-def run_eval(args: argparse.Namespace) -> int:
-    from avatar.brain.kb import detect_lang
-    from avatar.cli import CliError
+@dataclass
+class Evaluation:
+    """Topic recognition on a set of cases: top-1 accuracy and the errors by expected topic."""
 
-    cases = _read_cases(args.cases)
-    brain = _load(args)
-    unknown = sorted({topic for _, _, topic in cases if topic not in brain.kb.entries})
-    if unknown:
-        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise CliError(f"{args.cases}: {len(unknown)} expected topics are not in the knowledge base: {shown}")
-    show_progress = sys.stderr.isatty()
-    errors: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
-    per_topic = Counter(topic for _, _, topic in cases)
-    correct = 0
+    cases: int
+    correct: int
+    per_topic: Counter[str]
+    errors: dict[str, list[tuple[str, str, float]]]  # expected -> (utterance, predicted, probability)
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.cases if self.cases else 0.0
+
+
+def evaluate(brain: Brain, cases: Sequence[tuple[str, str]], progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Rank every utterance (batched per language) and compare the best topic with the expected one."""
+    from avatar.brain.kb import detect_lang
+
     started = time.monotonic()
     by_lang: dict[str, list[int]] = defaultdict(list)
-    for index, (_, text, _) in enumerate(cases):
+    for index, (text, _) in enumerate(cases):
         by_lang[detect_lang(text)].append(index)
     predictions: dict[int, tuple[str, float]] = {}
     done = 0
     for lang, indexes in by_lang.items():
         for start in range(0, len(indexes), 64):
             part = indexes[start : start + 64]
-            for index, ranking in zip(part, brain.model.rank_many([cases[i][1] for i in part], lang), strict=True):
+            for index, ranking in zip(part, brain.model.rank_many([cases[i][0] for i in part], lang), strict=True):
                 predictions[index] = (ranking.topics[0], ranking.probabilities[0])
             done += len(part)
-            if show_progress:
-                sys.stderr.write(f"\r\x1b[Kevaluating {done}/{len(cases)}")
-                sys.stderr.flush()
-    if show_progress:
-        sys.stderr.write("\n")
-    for index, (_, text, expected) in enumerate(cases):
+            if progress is not None:
+                progress(done, len(cases))
+    errors: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+    correct = 0
+    for index, (text, expected) in enumerate(cases):
         predicted, probability = predictions[index]
         if predicted == expected:
             correct += 1
         else:
             errors[expected].append((text, predicted, probability))
-    elapsed = time.monotonic() - started
-    for topic in sorted(errors, key=lambda t: (-len(errors[t]), t)):
-        wrong = errors[topic]
-        print(f"{topic}: {len(wrong)}/{per_topic[topic]} wrong")
+    per_topic = Counter(topic for _, topic in cases)
+    return Evaluation(len(cases), correct, per_topic, dict(errors), time.monotonic() - started)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from avatar.cli import CliError
+
+    cases = read_cases(args.cases)
+    brain = _load(args)
+    unknown = sorted({topic for _, topic in cases if topic not in brain.kb.entries})
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise CliError(f"{args.cases}: {len(unknown)} expected topics are not in the knowledge base: {shown}")
+
+    def progress(done: int, total: int) -> None:
+        sys.stderr.write(f"\r\x1b[Kevaluating {done}/{total}")
+        sys.stderr.flush()
+
+    result = evaluate(brain, cases, progress if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    for topic in sorted(result.errors, key=lambda t: (-len(result.errors[t]), t)):
+        wrong = result.errors[topic]
+        print(f"{topic}: {len(wrong)}/{result.per_topic[topic]} wrong")
         for text, predicted, probability in wrong[: args.errors]:
             print(f"    {text!r} -> {predicted} ({probability:.2f})")
-    print(f"topics with errors: {len(errors)}/{len(per_topic)}; cases: {len(cases)}; "
-          f"time per utterance: {1000 * elapsed / len(cases):.1f} ms (batched)")
-    print(f"accuracy: {correct / len(cases):.4f}")
+    print(
+        f"topics with errors: {len(result.errors)}/{len(result.per_topic)}; cases: {result.cases}; "
+        f"time per utterance: {1000 * result.seconds / result.cases:.1f} ms (batched)"
+    )
+    print(f"accuracy: {result.accuracy:.4f}")
     return 0
