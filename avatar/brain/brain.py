@@ -403,11 +403,13 @@ def _refers_back(text: str, lang: str) -> bool:
 
 
 def print_progress(message: str) -> None:
-    """Progress lines for a terminal: overwritten in place on a TTY, one per stage otherwise."""
+    """Progress lines for a terminal: on a TTY each line overwrites the last "embedding n/N"
+    count; elsewhere (logs, pipes) only stage lines and the final count are printed."""
+    counting = message.startswith("embedding")
     if sys.stderr.isatty():
-        sys.stderr.write(f"\r\x1b[K{message}")
-        if not message.startswith("embedding"):
-            sys.stderr.write("\n")
+        sys.stderr.write(f"\r\x1b[K{message}" + ("" if counting else "\n"))
         sys.stderr.flush()
-    elif not message.startswith("embedding") or message.split()[-1].split("/")[0] == message.split()[-1].split("/")[-1]:
+        return
+    done, _, total = message.rpartition(" ")[2].partition("/")
+    if not counting or done == total:
         print(message, file=sys.stderr, flush=True)
