@@ -291,3 +291,12 @@ def test_banking77_train_csv_is_the_unchanged_train_split() -> None:
     _, rows = _read_csv(KB_DIR / "en" / "banking77_train.csv")
     assert len(rows) == len(train)
     assert [(r[0], r[1]) for r in rows] == [(category, text) for text, category in train]
+
+
+def test_no_hand_written_question_is_a_banking77_test_utterance(en_entries: list[Entry]) -> None:
+    """The test split is for measuring only: none of its utterances may be among what the brain
+    learns from (the YAML's own question variants; the CSV copies the train split)."""
+    with _banking77_file("test.csv").open(encoding="utf-8", newline="") as fh:
+        test = {_normalise(row["text"]) for row in csv.DictReader(fh)}
+    leaked = [q for e in en_entries for q in e.questions if _normalise(q) in test]
+    assert not leaked, leaked
