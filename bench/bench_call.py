@@ -1016,7 +1016,7 @@ async def profile_server(pid: int, sessions: int, mode: str, seconds: float) -> 
         used = 100.0 * (cpu_after - before.get(tid, 0.0)) / wall
         name = names.get(tid)
         group = (
-            "native threads (not Python: onnxruntime, codecs)"
+            "native threads (libx264/libvpx encoder threads, onnxruntime pool)"
             if name is None
             else re.sub(r"[_-]?\d+(_\d+)?$", "", name)
         )
@@ -1027,7 +1027,7 @@ async def profile_server(pid: int, sessions: int, mode: str, seconds: float) -> 
             for category, n in samples.items():
                 work[category] = work.get(category, 0.0) + used * n / total
         else:
-            key = "native threads (onnxruntime pool, codecs)"
+            key = "native threads: libx264/libvpx encoder threads, onnxruntime pool (TTS)"
             work[key] = work.get(key, 0.0) + used
     all_samples = sum(leaves.values()) or 1
     return Profile(
