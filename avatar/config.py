@@ -63,7 +63,7 @@ class Settings:
     fps: int = 25
     width: int = 512
     height: int = 512
-    video_codec: str = "H264"  # "H264" or "VP8": preferred codec offered to the browser
+    video_codec: str = "VP8"  # "VP8" or "H264": preferred codec; VP8 costs a quarter of libx264 here (BENCHMARKS.md)
     default_avatar: str = "anna"
     # [speech]
     default_lang: str = "en"
