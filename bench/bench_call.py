@@ -1211,6 +1211,8 @@ async def run_capacity(
                     n += step
             finally:
                 await asyncio.gather(*(li.customer.close() for li in listeners), return_exceptions=True)
+                if any(r.fps_min == 0 for r in rows):
+                    print(f"capacity: a session received no video; the server's log ends:\n{server.log_tail()}")
     negotiated = listeners[0].customer.video_codec if listeners else "none"
     return rows, profiles, negotiated
 
