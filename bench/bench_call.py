@@ -1212,7 +1212,9 @@ async def run_capacity(
             finally:
                 await asyncio.gather(*(li.customer.close() for li in listeners), return_exceptions=True)
                 if any(r.fps_min == 0 for r in rows):
-                    print(f"capacity: a session received no video; the server's log ends:\n{server.log_tail()}")
+                    print(
+                        f"capacity: a session received no video; the server's log ends:\n{server.log_tail()}"
+                    )
     negotiated = listeners[0].customer.video_codec if listeners else "none"
     return rows, profiles, negotiated
 
