@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import numpy as np
 from aiohttp.test_utils import TestClient
@@ -219,3 +220,22 @@ def test_customer_never_sees_who_drives_the_avatar() -> None:
     assert for_customer({"type": "caption", "speaker": "ai", "text": "hi"})["speaker"] == "avatar"
     assert for_customer({"type": "transcript", "speaker": "customer", "text": "x"})["speaker"] == "customer"
     assert for_customer({"type": "state", "state": "idle"}) == {"type": "state", "state": "idle"}
+
+
+async def test_configured_video_codec_is_what_the_answer_uses(client: TestClient) -> None:  # type: ignore[type-arg]
+    """The customer offers VP8 first (as browsers do); the server's configured preference wins."""
+    from avatar.server.app import SESSIONS
+
+    manager = client.app[SESSIONS]
+    for codec in ("H264", "VP8"):
+        manager.settings = replace(manager.settings, video_codec=codec)
+        customer = RtcCustomer()
+        resp = await client.post("/api/offer", json=await customer.offer())
+        assert resp.status == 200, await resp.text()
+        answer = await resp.json()
+        video = answer["sdp"].split("m=video", 1)[1]
+        first_payload = video.split("\r\n", 1)[0].split()[2]
+        assert f"a=rtpmap:{first_payload} {codec}/90000" in video, (codec, video[:400])
+        await customer.accept(answer)
+        await customer.close()
+        await manager.close(answer["session_id"])

@@ -117,16 +117,18 @@ class SessionManager:
             peer = Peer(pc, audio, video)
             session.mode = mode
             self._wire(session, peer)
+            # The tracks' transceivers exist before the offer is applied: aiortc fixes an answer's
+            # codecs while applying the offer, so the codec preference must already be there.
+            pc.addTrack(audio)
+            pc.addTrack(video)
+            prefer_video_codec(pc, self.settings.video_codec)
             try:
                 await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
             except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
                 raise BadOffer(f"invalid SDP offer: {exc}") from exc
-            kinds = {t.kind for t in pc.getTransceivers()}
-            if "video" not in kinds or "audio" not in kinds:
+            matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
+            if "video" not in matched or "audio" not in matched:
                 raise BadOffer("the offer must receive audio and video")
-            pc.addTrack(audio)
-            pc.addTrack(video)
-            prefer_video_codec(pc, self.settings.video_codec)
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
         except BaseException:
