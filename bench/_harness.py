@@ -52,7 +52,6 @@ import numpy as np  # noqa: E402
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription  # noqa: E402
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack  # noqa: E402
 
-BENCHMARKS = ROOT / "BENCHMARKS.md"
 LOOPBACK = "127.0.0.1"
 T = TypeVar("T")
 NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970 (Unix)
@@ -172,21 +171,6 @@ def machine_line() -> str:
         f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load[0]:.1f} at the end of the run "
         f"(shared machine: other jobs add noise); Python {platform.python_version()}"
     )
-
-
-# -- BENCHMARKS.md -------------------------------------------------------------------------
-def write_section(key: str, body: str, path: Path = BENCHMARKS) -> None:
-    """Replace (or append) the text between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``,
-    leaving every other section as it is."""
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 # -- servers -------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ from avatar.speech.bargein import BargeInGuard  # noqa: E402
 from avatar.speech.endpoint import Endpointer  # noqa: E402
 from avatar.speech.resample import StreamResampler, resample  # noqa: E402
 from avatar.speech.vad import WINDOW, VadState, VoiceActivityDetector  # noqa: E402
+from bench._report import write_section  # noqa: E402
 
 QUESTIONS = [
     "How do I activate my new card?",
@@ -249,21 +250,9 @@ def main() -> int:
     print()
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "asr", section)
+        write_section("asr", section)
     return 0
 
-
-def write_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the text between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

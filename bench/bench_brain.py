@@ -50,6 +50,7 @@ import numpy as np  # noqa: E402
 from avatar.brain import Brain, DialogueContext  # noqa: E402
 from avatar.brain.cli import Evaluation, evaluate, read_cases  # noqa: E402
 from avatar.brain.kb import default_kb_path  # noqa: E402
+from bench._report import write_section  # noqa: E402
 
 BANKING77_TEST = ROOT.parent / "shared" / "datasets" / "banking77" / "test.csv"
 EVAL = default_kb_path() / "eval"
@@ -213,23 +214,9 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "brain", section)
+        write_section("brain", section)
     return 0
 
-
-def write_section(path: Path, key: str, body: str) -> None:
-    """Replace the ``<!-- bench:KEY -->`` section of ``path`` (appended when absent; the file is
-    created when missing), leaving every other section alone."""
-    start, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{start}\n{body}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        after = rest.split(end, 1)[1]
-        text = before + block + after
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

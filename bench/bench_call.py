@@ -49,6 +49,8 @@ import _harness as h
 import av
 import numpy as np
 
+from bench._report import write_section  # _harness put the repository on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 COMMAND = ".venv/bin/python bench/bench_call.py"
@@ -1425,7 +1427,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = latency_section(turns, extra, args.avatar, flags("turns", "avatar", "codec"))
         print(section)
         if not args.no_write:
-            h.write_section("call-latency", section)
+            write_section("call-latency", section)
     if args.what in ("avsync", "all"):
         result = asyncio.run(
             h.bounded(run_avsync(args.minutes, args.avatar, codec), args.minutes * 60 + 900.0, "avsync")
@@ -1437,7 +1439,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         section = avsync_section(result, args.avatar, check, flags("minutes", "check_lag", "avatar", "codec"))
         print(section)
         if not args.no_write:
-            h.write_section("call-avsync", section)
+            write_section("call-avsync", section)
     if args.what in ("capacity", "all"):
         components = component_costs(args.avatar, 512, 512)
         sweep = run_capacity(
@@ -1449,7 +1451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(section)
         if not args.no_write:
             # One section per codec, so an H.264 and a VP8 sweep can stand side by side.
-            h.write_section(
+            write_section(
                 "call-capacity" + ("" if args.codec == "H264" else f"-{args.codec.lower()}"), section
             )
     return 0

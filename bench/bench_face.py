@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from avatar.face_state import FaceState  # noqa: E402
+from bench._report import write_section  # noqa: E402
 
 cv2.setNumThreads(1)
 
@@ -187,21 +187,9 @@ def main() -> int:
     section = "\n".join(lines)
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "face", section)
+        write_section("face", section)
     return 0
 
-
-def write_section(path: Path, key: str, body: str) -> None:
-    """Replace (or append) the text between ``<!-- bench:key -->`` and ``<!-- /bench:key -->``."""
-    begin, end = f"<!-- bench:{key} -->", f"<!-- /bench:{key} -->"
-    block = f"{begin}\n{body}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _m: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

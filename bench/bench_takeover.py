@@ -41,7 +41,7 @@ from avatar.config import load_settings  # noqa: E402
 from avatar.server.app import SESSIONS, create_app  # noqa: E402
 from avatar.server.operator_routes import OPERATORS  # noqa: E402
 from avatar.stage import Stage  # noqa: E402
-from bench.bench_render import write_section  # noqa: E402
+from bench._report import write_section  # noqa: E402
 from tests.rtc_client import RtcCustomer  # noqa: E402
 
 LONG_LINE = (
@@ -170,7 +170,7 @@ def main() -> int:
     )
     print(section)
     if not args.no_write:
-        write_section(ROOT / "BENCHMARKS.md", "takeover", section)
+        write_section("takeover", section)
     return 0
 
 

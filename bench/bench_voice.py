@@ -45,6 +45,8 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from bench._report import write_section  # _harness put the repository on sys.path
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 COMMAND = ".venv/bin/python bench/bench_voice.py"
@@ -487,7 +489,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = section(turns, trials, extra, given)
     print(text)
     if not args.no_write:
-        h.write_section("voice", text)
+        write_section("voice", text)
     return 0
 
 
