@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -88,28 +85,13 @@ def test_page_shows_a_clear_message_when_the_server_is_full(tmp_path: Path, brow
 def test_the_brain_answers_a_typed_question_on_topic(tmp_path: Path, browser: Any) -> None:
     """The AI driver on a bank's own knowledge base (here the English YAML alone, which learns in
     seconds): a typed question gets the knowledge base's answer, spoken and captioned."""
-    import yaml
+    from tests.e2e.conftest import SMALL_KB, kb_answer, start_server, stop_server, wait_for_brain
 
-    from tests.e2e.conftest import start_server, stop_server
-
-    kb = Path("assets/knowledge/en/banking77.yaml").resolve()
-    doc = yaml.safe_load(kb.read_text(encoding="utf-8"))
-    answers = {
-        e["id"]: e["answer"] for p in doc["products"] for sc in p["scenarios"] for e in sc["entries"]
-    }
-    srv = start_server(tmp_path, {"AVATAR_DRIVER": "brain", "AVATAR_KB_PATH": str(kb)})
+    srv = start_server(tmp_path, {"AVATAR_DRIVER": "brain", "AVATAR_KB_PATH": str(SMALL_KB)})
     page = browser.new_page()
     try:
         # The server listens at once and learns the knowledge base in the background.
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with urllib.request.urlopen(srv.url + "/healthz", timeout=5) as resp:
-                state = json.load(resp)["brain"]
-            assert state in ("loading", "ready"), state
-            if state == "ready":
-                break
-            time.sleep(0.5)
-        assert state == "ready"
+        wait_for_brain(srv, within=120)
         page.goto(srv.url + "/")
         page.click("#start")
         page.wait_for_function("window.avatarClient.connected === true", timeout=20_000)
@@ -117,7 +99,7 @@ def test_the_brain_answers_a_typed_question_on_topic(tmp_path: Path, browser: An
         page.click("#send")
         page.wait_for_function("window.avatarClient.captions.length > 0", timeout=20_000)
         first = page.evaluate("window.avatarClient.captions[0].text")
-        expected = answers["activate_my_card"]
+        expected = kb_answer("activate_my_card")
         # The first spoken sentence is the start of the knowledge base's answer.
         assert expected.startswith(first.rstrip(".!?")[:30]), (first, expected)
         page.wait_for_function("window.avatarClient.states.includes('speaking')")
