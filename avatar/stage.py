@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import gcd
 from typing import Protocol
@@ -248,5 +247,3 @@ class Stage:
         with self._render_lock:
             return self.renderer.render_rgba(state)
 
-
-FaceSourceFactory = Callable[[int], FaceSource]

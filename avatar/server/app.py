@@ -4,7 +4,6 @@ keys, built and torn down in ``cleanup_ctx``."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -98,6 +97,3 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     routes.setup_routes(app, settings.web_dir or default_web_dir())
     return app
 
-
-def dumps(obj: object) -> str:
-    return json.dumps(obj, ensure_ascii=False)

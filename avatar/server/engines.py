@@ -31,7 +31,6 @@ class Engines:
     render_pool: ThreadPoolExecutor
     brain: Any = None  # avatar.brain.Brain when loaded
     brain_loading: asyncio.Task[Any] | None = None  # the brain learning in the background
-    extra: dict[str, Any] = field(default_factory=dict)
     _face_tracker: Any = None
     _face_lock: threading.Lock = field(default_factory=threading.Lock)
     # Per-frame listening work (resampling, VAD, echo guard) of every session: a pool of its
