@@ -13,7 +13,9 @@ apt_packages=(libsndfile1)
 if [ "$dev" = 1 ]; then
     # Debian's Chromium for the real-browser tests (never a downloaded browser);
     # CJK fonts so Chinese captions render in screenshots.
-    apt_packages+=(chromium fonts-noto-cjk fonts-dejavu-core)
+    # redis-server: the multi-process tests run a real Redis; nginx + its RTMP module: the
+    # broadcast tests push to a real local RTMP ingest.
+    apt_packages+=(chromium fonts-noto-cjk fonts-dejavu-core redis-server libnginx-mod-rtmp)
 fi
 
 missing=()
