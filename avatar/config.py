@@ -59,6 +59,20 @@ class Settings:
     max_body_bytes: int = 64 * 1024
     ice_servers: list[IceServer] = field(default_factory=list)
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" (human-readable lines) or "json" (one JSON object per line)
+    # [security]
+    tls_cert: Path | None = None  # PEM certificate (chain); with tls_key the server speaks HTTPS
+    tls_key: Path | None = None
+    allowed_origins: list[str] = field(default_factory=list)  # operator WebSocket origins besides the server's own
+    frame_ancestors: list[str] = field(default_factory=lambda: ["'self'"])  # who may frame the pages (CSP)
+    max_sessions_per_client: int = 4  # live sessions per client address
+    trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For is believed
+    channel_rate: float = 5.0  # data-channel messages per second per session (sustained) ...
+    channel_burst: int = 20  # ... and in a burst
+    turn_secret: str | None = None  # coturn static-auth-secret: time-limited TURN credentials for the page
+    turn_urls: list[str] = field(default_factory=list)  # e.g. ["turn:turn.example.com:3478?transport=udp"]
+    turn_ttl: int = 3600  # seconds a TURN credential stays valid
+    metrics_auth: str = "token"  # GET /metrics: "token" (the API token) or "none" (open: block it at the proxy)
     # [media]
     fps: int = 25
     width: int = 512
@@ -140,6 +154,13 @@ def _coerce(name: str, typ: Any, value: Any) -> Any:
             if not isinstance(value, str):
                 raise TypeError
             return Path(value)
+        if typ == "list[str]":
+            items = json.loads(value) if text and value.strip().startswith("[") else value
+            if isinstance(items, str):
+                items = [x.strip() for x in items.split(",") if x.strip()]
+            if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+                raise TypeError
+            return list(items)
         if typ == "list[IceServer]":
             items = json.loads(value) if text else value
             if not isinstance(items, list):
@@ -240,6 +261,43 @@ def _validate(s: Settings) -> None:
         raise ConfigError("operator_grace: must not be negative")
     if s.operator_token_ttl <= 0:
         raise ConfigError("operator_token_ttl: must be positive")
-    for key in ("end_of_turn", "asr_timeout", "llm_timeout", "tts_fallback_timeout"):
+    for key in ("end_of_turn", "asr_timeout", "llm_timeout", "tts_fallback_timeout", "channel_rate", "turn_ttl"):
         if getattr(s, key) <= 0:
             raise ConfigError(f"{key}: must be positive")
+    _validate_security(s)
+
+
+def _validate_security(s: Settings) -> None:
+    import ipaddress
+    import logging
+
+    if s.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format: {s.log_format!r} is not text or json")
+    if logging.getLevelName(s.log_level.upper()) not in (10, 20, 30, 40, 50):
+        raise ConfigError(f"log_level: {s.log_level!r} is not DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        missing = "tls_key" if s.tls_key is None else "tls_cert"
+        raise ConfigError(f"{missing}: tls_cert and tls_key go together")
+    for key in ("tls_cert", "tls_key"):
+        path = getattr(s, key)
+        if path is not None and not Path(path).is_file():
+            raise ConfigError(f"{key}: no such file {str(path)!r}")
+    for origin in s.allowed_origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ConfigError(f"allowed_origins: {origin!r} is not an origin such as https://desk.example.com")
+    if s.max_sessions_per_client < 1:
+        raise ConfigError("max_sessions_per_client: must be at least 1")
+    if s.channel_burst < 1:
+        raise ConfigError("channel_burst: must be at least 1")
+    for proxy in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError as exc:
+            raise ConfigError(f"trusted_proxies: {proxy!r} is not an IP address or network") from exc
+    if s.turn_secret and not s.turn_urls:
+        raise ConfigError("turn_urls: required when turn_secret is set")
+    for url in s.turn_urls:
+        if not url.startswith(("turn:", "turns:")):
+            raise ConfigError(f"turn_urls: {url!r} is not a turn: or turns: URL")
+    if s.metrics_auth not in ("token", "none"):
+        raise ConfigError(f"metrics_auth: {s.metrics_auth!r} is not token or none")
