@@ -108,6 +108,10 @@ class Settings:
     operator_grace: float = 30.0  # seconds a disconnected operator keeps their sessions
     operator_token_ttl: float = 8 * 3600.0  # seconds an operator's sign-in lasts
     holding_line: str = "Let me bring in a colleague who can help you with that. Please stay with me for a moment."
+    # [cluster]
+    redis_url: str | None = None  # several processes share sessions, operator events, locks and tokens through Redis
+    advertise_url: str | None = None  # this process's base URL for its peers (default http://host:port)
+    cluster_secret: str | None = None  # authenticates requests forwarded between processes (default: kept in Redis)
 
     def voice_for(self, avatar: str, lang: str) -> VoiceChoice:
         """The configured voice for ``avatar`` speaking ``lang``, falling back to ``*:lang``."""
@@ -265,6 +269,10 @@ def _validate(s: Settings) -> None:
         if getattr(s, key) <= 0:
             raise ConfigError(f"{key}: must be positive")
     _validate_security(s)
+    if s.redis_url and not s.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"redis_url: {s.redis_url!r} is not a redis://, rediss:// or unix:// URL")
+    if s.advertise_url and not s.advertise_url.startswith(("http://", "https://")):
+        raise ConfigError(f"advertise_url: {s.advertise_url!r} is not an http:// or https:// URL")
 
 
 def _validate_security(s: Settings) -> None:
