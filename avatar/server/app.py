@@ -94,6 +94,9 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     app[API_TOKEN] = load_or_create_token(settings.api_token, settings.data_dir)
     app.cleanup_ctx.append(_engines_ctx)
     operator_routes.setup(app)
+    from avatar.broadcast import routes as broadcast_routes  # stages and their viewers (issue 7)
+
+    broadcast_routes.setup(app)
     routes.setup_routes(app, settings.web_dir or default_web_dir())
     return app
 

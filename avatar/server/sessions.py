@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from avatar.clock import MediaClock
@@ -41,6 +42,9 @@ class Peer:
     audio: StageAudioTrack
     video: StageVideoTrack
     channel: RTCDataChannel | None = None
+    # The customer's microphone, relayed: the listener and any operator watching hear it.
+    mic: MediaStreamTrack | None = None
+    mic_relay: MediaRelay | None = None
 
 
 def make_mouth_builder() -> Callable[..., Any]:
@@ -79,6 +83,20 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
 
+    def add(self, session: Session) -> None:
+        """Register a live session that has no customer peer (a broadcast stage): it counts
+        against ``max_sessions`` (``ServerFull``), is started, and the start hooks (the operator
+        desk) see it like any other. ``close`` ends it as usual."""
+        if len(self.sessions) + self._pending >= self.settings.max_sessions:
+            raise ServerFull(f"the server is full ({self.settings.max_sessions} sessions)")
+        if session.id in self.sessions:
+            raise ValueError(f"session {session.id!r} is already registered")
+        self.sessions[session.id] = session
+        session.start()
+        for hook in list(self.on_session_start):
+            hook(session)
+        log.info("session %s started (%s, avatar %s, no peer)", session.id, session.mode, session.avatar)
+
     async def make_stage(self, avatar: str, clock: MediaClock | None = None) -> Stage:
         """A stage for ``avatar``. Loading art can take a moment the first time: off the loop."""
         from avatar.idle import IdleAnimator
@@ -99,11 +117,12 @@ class SessionManager:
         return session
 
     async def create_from_offer(
-        self, sdp: str, sdp_type: str, avatar: str, mode: str = "call"
+        self, sdp: str, sdp_type: str, avatar: str, mode: str = "call", customer_id: str | None = None
     ) -> tuple[Session, RTCSessionDescription]:
         """Answer a browser's offer with a new session. ``mode`` is "call" (a customer) or
-        "mirror" (the peer's camera drives the avatar's face). Raises ``ServerFull``,
-        ``BadOffer`` or ``avatar.render.catalog.UnknownAvatar``."""
+        "mirror" (the peer's camera drives the avatar's face); ``customer_id`` is the bank's id
+        for the customer, when the page passes one (stored with each utterance). Raises
+        ``ServerFull``, ``BadOffer`` or ``avatar.render.catalog.UnknownAvatar``."""
         if len(self.sessions) + self._pending >= self.settings.max_sessions:
             raise ServerFull(f"the server is full ({self.settings.max_sessions} sessions)")
         self.engines.catalog.get(avatar)  # UnknownAvatar before any work
@@ -116,6 +135,7 @@ class SessionManager:
             video = StageVideoTrack(session.stage, self.engines.render_pool)
             peer = Peer(pc, audio, video)
             session.mode = mode
+            session.customer_id = customer_id
             self._wire(session, peer)
             # The tracks' transceivers exist before the offer is applied: aiortc fixes an answer's
             # codecs while applying the offer, so the codec preference must already be there.
@@ -129,8 +149,12 @@ class SessionManager:
             matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
             if "video" not in matched or "audio" not in matched:
                 raise BadOffer("the offer must receive audio and video")
-            answer = await pc.createAnswer()
-            await pc.setLocalDescription(answer)
+            try:
+                answer = await pc.createAnswer()
+                await pc.setLocalDescription(answer)
+            except (ValueError, KeyError, TypeError, IndexError) as exc:
+                # An offer aiortc parsed but cannot answer (e.g. a media section with no direction).
+                raise BadOffer(f"cannot answer this SDP offer: {exc}") from exc
         except BaseException:
             if pc is not None:
                 await pc.close()
@@ -180,8 +204,10 @@ class SessionManager:
             if track.kind == "audio" and session.mode == "call":
                 from avatar.listener import listen
 
-                # The customer's microphone: heard for turns, partial transcripts and barge-in.
-                session.spawn(listen(session, track, self.engines), "listen")
+                # The customer's microphone: heard for turns, partial transcripts and barge-in,
+                # through a relay so that operators watching the session hear it too.
+                peer.mic, peer.mic_relay = track, MediaRelay()
+                session.spawn(listen(session, peer.mic_relay.subscribe(track), self.engines), "listen")
                 return
             # Any other inbound media: consumed so nothing queues up in aiortc.
             session.spawn(drain(track), f"drain-{track.kind}")
@@ -190,6 +216,15 @@ class SessionManager:
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
+
+    def customer_audio(self, session_id: str) -> MediaStreamTrack | None:
+        """A new feed of session ``session_id``'s customer microphone (None without one). The
+        feed keeps only the newest frame, so a consumer that stops reading holds no backlog;
+        ``stop()`` it when done."""
+        peer = self.peers.get(session_id)
+        if peer is None or peer.mic is None or peer.mic_relay is None or peer.mic.readyState != "live":
+            return None
+        return peer.mic_relay.subscribe(peer.mic, buffered=False)
 
     async def close(self, session_id: str) -> bool:
         session = self.sessions.pop(session_id, None)

@@ -1,0 +1,104 @@
+"""The broadcast stage API (registered by ``setup(app)``).
+
+- ``POST /api/stages`` ``{"avatar"?, "driver"?: "brain"|"script"|"operator"}`` → 201 with the stage
+  (its ``stage_id``, ``view_key`` and overlay/watch URLs);
+- ``GET /api/stages``, ``GET /api/stages/{id}``, ``DELETE /api/stages/{id}``;
+- ``POST /api/stages/{id}/offer``: a receive-only viewer (the body and answer of ``/api/offer``).
+
+Managing stages needs the integration API token or an operator's token. Watching needs the
+stage's ``view_key`` (``?key=`` or the body's ``"key"``) or the API token.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from avatar.broadcast.stages import STAGES, BroadcastStage, StageDirectory
+from avatar.render.catalog import UnknownAvatar
+from avatar.server.app import API_TOKEN, SESSIONS, SETTINGS
+from avatar.server.auth import bearer_token, require_api_token
+from avatar.server.sessions import ServerFull
+
+routes = web.RouteTableDef()
+
+
+def _is_api_token(request: web.Request) -> bool:
+    token = bearer_token(request)
+    return token is not None and hmac.compare_digest(token.encode(), request.app[API_TOKEN].encode())
+
+
+def authorize_manager(request: web.Request) -> str:
+    """Who may manage stages: the API token ("api") or a signed-in operator (their name); else 401."""
+    from avatar.server.operator_routes import OPERATORS, operator_of
+
+    if _is_api_token(request):
+        return "api"
+    if OPERATORS in request.app and bearer_token(request) is not None:
+        return operator_of(request)  # 401 for an unknown or expired token
+    require_api_token(request, request.app[API_TOKEN])  # answers the right 401
+    raise web.HTTPUnauthorized(text="invalid token")  # not reached: the line above raised
+
+
+def stage_or_404(request: web.Request) -> BroadcastStage:
+    stage_id = request.match_info["stage_id"]
+    stage = request.app[STAGES].get(stage_id)
+    if stage is None:
+        raise web.HTTPNotFound(text=f"no live broadcast stage {stage_id!r}")
+    return stage
+
+
+@routes.post("/api/stages")
+async def create_stage(request: web.Request) -> web.Response:
+    from avatar.server.routes import field, read_json_object
+
+    authorize_manager(request)
+    body: dict[str, Any] = await read_json_object(request) if request.can_read_body else {}
+    avatar = field(body, "avatar", str, required=False) or request.app[SETTINGS].default_avatar
+    driver = field(body, "driver", str, required=False) or "brain"
+    directory = request.app[STAGES]
+    try:
+        stage = await directory.create(avatar, driver)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    except UnknownAvatar as exc:
+        raise web.HTTPNotFound(text=str(exc.args[0] if exc.args else exc)) from exc
+    except ServerFull as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "30"}) from exc
+    return web.json_response(stage.describe(), status=201)
+
+
+@routes.get("/api/stages")
+async def list_stages(request: web.Request) -> web.Response:
+    authorize_manager(request)
+    return web.json_response({"stages": [s.describe() for s in request.app[STAGES].stages.values()]})
+
+
+@routes.get("/api/stages/{stage_id}")
+async def get_stage(request: web.Request) -> web.Response:
+    authorize_manager(request)
+    return web.json_response(stage_or_404(request).describe())
+
+
+@routes.delete("/api/stages/{stage_id}")
+async def delete_stage(request: web.Request) -> web.Response:
+    authorize_manager(request)
+    stage = stage_or_404(request)
+    await request.app[STAGES].delete(stage.id)
+    return web.json_response({"status": "closed", "stage_id": stage.id})
+
+
+def setup(app: web.Application) -> None:
+    """Register the stage API on ``app`` (before the static pages, after the operator API: the
+    directory is built once the session manager exists and torn down before it)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[STAGES] = StageDirectory(app[SESSIONS])
+        yield
+        await app[STAGES].close_all()
+
+    app.cleanup_ctx.append(ctx)
+    app.add_routes(routes)

@@ -1,0 +1,129 @@
+"""Broadcast stages against the real app: auth on every stage route, bad input, unknown stages,
+limits, the operator desk and the session API on a stage, and in-process aiortc viewers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from avatar.broadcast.stages import STAGES, StageDirectory, UnknownStage
+from avatar.server.app import SESSIONS
+from avatar.server.operator_routes import OPERATORS
+from tests.test_operator_api import sign_in, wait_until
+
+
+async def create(client: TestClient, headers: dict[str, str], **body: Any) -> dict[str, Any]:  # type: ignore[type-arg]
+    resp = await client.post("/api/stages", json=body, headers=headers)
+    assert resp.status == 201, await resp.text()
+    return dict(await resp.json())
+
+
+async def test_create_list_get_delete(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    stage = await create(client, auth, avatar="leo", driver="script")
+    sid = stage["stage_id"]
+    assert stage["avatar"] == "leo" and stage["driver"] == "script" and stage["viewers"] == 0
+    assert len(stage["view_key"]) >= 32 and stage["view_key"] not in sid
+    assert stage["overlay_url"] == f"/overlay.html?stage={sid}&key={stage['view_key']}"
+
+    listed = await (await client.get("/api/stages", headers=auth)).json()
+    assert [s["stage_id"] for s in listed["stages"]] == [sid]
+    got = await (await client.get(f"/api/stages/{sid}", headers=auth)).json()
+    assert got["view_key"] == stage["view_key"]
+
+    # The stage is a session in the manager: the session API works on it.
+    session = client.app[SESSIONS].get(sid)
+    assert session is not None and session.mode == "broadcast" and session is StageDirectory.session(client.app, sid)
+    assert sid not in client.app[SESSIONS].peers
+    sessions = await (await client.get("/api/sessions", headers=auth)).json()
+    assert sid in [s["session_id"] for s in sessions["sessions"]]
+    resp = await client.post(f"/api/sessions/{sid}/say", json={"text": "Welcome to the show."}, headers=auth)
+    assert resp.status == 200
+    await wait_until(lambda: session.stage.speaking_until() > 0)
+    resp = await client.post(f"/api/sessions/{sid}/interrupt", headers=auth)
+    assert resp.status == 200
+
+    resp = await client.delete(f"/api/stages/{sid}", headers=auth)
+    assert resp.status == 200 and (await resp.json())["status"] == "closed"
+    assert client.app[SESSIONS].get(sid) is None and session.closed.is_set()
+    assert (await client.get(f"/api/stages/{sid}", headers=auth)).status == 404
+    assert (await client.delete(f"/api/stages/{sid}", headers=auth)).status == 404
+    try:
+        StageDirectory.session(client.app, sid)
+        raise AssertionError("a deleted stage is still found")
+    except UnknownStage:
+        pass
+
+
+async def test_auth_on_every_stage_route(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    stage = await create(client, auth)
+    sid, key = stage["stage_id"], stage["view_key"]
+    routes = [
+        ("POST", "/api/stages", {}),
+        ("GET", "/api/stages", None),
+        ("GET", f"/api/stages/{sid}", None),
+        ("DELETE", f"/api/stages/{sid}", None),
+    ]
+    # No token, a wrong token, the stage id or its view key as a token (what a viewer's page has).
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {sid}"},
+                    {"Authorization": f"Bearer {key}"}):
+        for method, path, body in routes:
+            resp = await client.request(method, path, json=body, headers=headers)
+            assert resp.status == 401, (method, path, headers, await resp.text())
+            assert "error" in await resp.json()
+    assert client.app[STAGES].get(sid) is not None  # nothing above deleted it
+
+    # An operator's token manages stages too, and the desk lists the stage for takeover.
+    operator = await sign_in(client, "olga")
+    mine = await create(client, operator, driver="operator")
+    listed = await (await client.get("/api/stages", headers=operator)).json()
+    assert {s["stage_id"] for s in listed["stages"]} == {sid, mine["stage_id"]}
+    desk = await (await client.get("/api/operator/sessions", headers=operator)).json()
+    assert mine["stage_id"] in [s["session_id"] for s in desk["sessions"]]
+    resp = await client.post(f"/api/sessions/{mine['stage_id']}/takeover", headers=operator)
+    assert resp.status == 200
+    assert client.app[OPERATORS].desk.seats[mine["stage_id"]].holder == "olga"
+    resp = await client.post(f"/api/sessions/{mine['stage_id']}/say", json={"text": "Hello viewers."}, headers=operator)
+    assert resp.status == 200
+    assert (await client.delete(f"/api/stages/{mine['stage_id']}", headers=operator)).status == 200
+    assert mine["stage_id"] not in client.app[OPERATORS].desk.seats
+
+
+async def test_bad_input_and_limits(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    for body, status in (
+        ({"driver": "robot"}, 400),
+        ({"driver": 3}, 400),
+        ({"avatar": ["leo"]}, 400),
+        ({"avatar": "nobody"}, 404),
+    ):
+        resp = await client.post("/api/stages", json=body, headers=auth)
+        assert resp.status == status, (body, await resp.text())
+        assert "error" in await resp.json()
+    resp = await client.post("/api/stages", data=b"{nope", headers=auth)
+    assert resp.status == 400 and "malformed JSON" in (await resp.json())["error"]
+    resp = await client.post("/api/stages", data=b"[1]", headers=auth)
+    assert resp.status == 400
+    assert client.app[STAGES].stages == {}
+
+    # No body at all is fine: the default avatar, driven by the brain (the server's AI driver).
+    first = await create(client, auth)
+    assert first["driver"] == "brain"
+    # The app in these tests allows 3 sessions; stages count against it.
+    client.app[STAGES].max_stages = 2
+    await create(client, auth)
+    resp = await client.post("/api/stages", json={}, headers=auth)
+    assert resp.status == 503 and "maximum of 2" in (await resp.json())["error"]
+    client.app[STAGES].max_stages = 10
+    await create(client, auth)
+    resp = await client.post("/api/stages", json={}, headers=auth)
+    assert resp.status == 503 and "full" in (await resp.json())["error"]
+    assert len(client.app[STAGES].stages) == 3
+
+
+async def test_session_delete_forgets_the_stage(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    stage = await create(client, auth)
+    sid = stage["stage_id"]
+    resp = await client.delete(f"/api/sessions/{sid}", headers=auth)
+    assert resp.status == 200
+    assert client.app[STAGES].get(sid) is None
+    assert (await client.get(f"/api/stages/{sid}", headers=auth)).status == 404
