@@ -10,7 +10,7 @@ from avatar.config import Settings
 from avatar.operator.accounts import OperatorAccounts
 from avatar.operator.hub import OperatorHub
 from avatar.operator.takeover import TakeoverDesk
-from avatar.operator.tokens import LoginLimiter, TokenBook
+from avatar.operator.tokens import LoginLimiter, SqliteTokenBook, TokenBook
 from avatar.store import Store
 
 
@@ -38,11 +38,12 @@ class OperatorService:
         return cls(
             store=store,
             accounts=OperatorAccounts(store),
-            tokens=TokenBook(settings.operator_token_ttl),
+            tokens=SqliteTokenBook.in_data_dir(settings.data_dir, settings.operator_token_ttl),
             limiter=LoginLimiter(),
             hub=hub,
             desk=desk,
         )
 
     def close(self) -> None:
+        self.tokens.close()
         self.store.close()
