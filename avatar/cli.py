@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "avatar.avatars_cli",
     "avatar.operator.cli",
     "avatar.brain.cli",
+    "avatar.config_cli",
 )
 
 

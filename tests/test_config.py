@@ -69,3 +69,88 @@ def test_unknown_key_and_broken_file(tmp_path: Path) -> None:
         load_settings(broken, env={})
     with pytest.raises(ConfigError, match=r"missing\.toml"):
         load_settings(tmp_path / "missing.toml", env={})
+
+
+# -- the documented example file and `avatar config check` ---------------------------------------
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "avatar.example.toml"
+
+
+def _example_lines() -> dict[str, str]:
+    """Every ``key = value`` line of the example, set or commented out (``# key = value``)."""
+    import re
+
+    found: dict[str, str] = {}
+    for line in EXAMPLE.read_text(encoding="utf-8").splitlines():
+        m = re.match(r"^(?:#\s*)?([a-z_]+)\s*=\s*(.+)$", line)
+        if m:
+            found[m.group(1)] = f"{m.group(1)} = {m.group(2)}"
+    return found
+
+
+def test_example_file_documents_every_setting() -> None:
+    import dataclasses
+
+    from avatar.config import Settings
+
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    documented = set(_example_lines())
+    assert fields - documented == set(), "settings missing from avatar.example.toml"
+    assert documented - fields == set(), "avatar.example.toml names keys that do not exist"
+
+
+def test_example_values_have_the_right_types() -> None:
+    """Commented-out values too: uncommented, each one parses as its setting's type."""
+    import dataclasses
+    import tomllib
+
+    from avatar.config import Settings, _coerce
+
+    types = {f.name: f.type for f in dataclasses.fields(Settings)}
+    for key, line in _example_lines().items():
+        value = tomllib.loads(line)[key]
+        _coerce(key, types[key], value)  # raises ConfigError naming the key
+
+
+def test_example_file_loads_with_the_defaults() -> None:
+    from avatar.config import Settings
+
+    s = load_settings(EXAMPLE, env={})
+    assert s == Settings()
+
+
+def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from avatar.cli import main
+
+    assert main(["config", "check", str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "valid" in out[0] and "http://127.0.0.1:8080/" in out[0]
+
+    bad = tmp_path / "bad.toml"
+    for text, key in [
+        ("[security]\nmax_sessions_per_client = 0\n", "max_sessions_per_client"),
+        ("[security]\nturn_secret = 's'\n", "turn_urls"),
+        ("[server]\nlog_format = 'xml'\n", "log_format"),
+        ("[security]\ntls_cert = '/nonexistent.pem'\ntls_key = '/nonexistent.key'\n", "tls_cert"),
+        ("[security]\ntrusted_proxies = ['not-an-ip']\n", "trusted_proxies"),
+        ("[security]\nallowed_origins = 'desk.example.com'\n", "allowed_origins"),
+        ("[media]\nfsp = 25\n", "fsp"),
+    ]:
+        bad.write_text(text, encoding="utf-8")
+        assert main(["config", "check", str(bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and key in err[0], (text, err)
+
+
+def test_security_keys_from_the_environment() -> None:
+    s = load_settings(
+        env={
+            "AVATAR_TRUSTED_PROXIES": "127.0.0.1, 10.0.0.0/8",
+            "AVATAR_TURN_URLS": '["turn:turn.example.com:3478"]',
+            "AVATAR_TURN_SECRET": "s3cret",
+            "AVATAR_LOG_FORMAT": "json",
+        }
+    )
+    assert s.trusted_proxies == ["127.0.0.1", "10.0.0.0/8"]
+    assert s.turn_urls == ["turn:turn.example.com:3478"] and s.turn_secret == "s3cret"
+    assert s.log_format == "json"
