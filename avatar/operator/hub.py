@@ -57,6 +57,9 @@ class OperatorHub:
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
         self.on_presence: list[Callable[[str, bool], None]] = []
+        #: Called with every published (message, operator): the cluster relays them to the
+        #: operators connected to other server processes (avatar.cluster).
+        self.relays: list[Callable[[dict[str, Any], str | None], None]] = []
 
     def subscribe(self, operator: str) -> Subscription:
         first = not self.online(operator)
@@ -80,7 +83,17 @@ class OperatorHub:
         return sorted({s.operator for s in self._subs})
 
     def publish(self, message: dict[str, Any], operator: str | None = None) -> None:
-        """Send ``message`` to every socket, or only to ``operator``'s."""
+        """Send ``message`` to every socket, or only to ``operator``'s (here and, through the
+        relays, on every other server process)."""
+        self.deliver(message, operator)
+        for relay in list(self.relays):
+            try:
+                relay(message, operator)
+            except Exception:
+                log.exception("event relay failed")
+
+    def deliver(self, message: dict[str, Any], operator: str | None = None) -> None:
+        """Send ``message`` to this process's sockets only (a message relayed from another process)."""
         for sub in list(self._subs):
             if operator is None or sub.operator == operator:
                 sub.push(message)
