@@ -41,6 +41,7 @@ class StageAudioTrack(MediaStreamTrack):
         self._pts = (stage.clock.sample() // AUDIO_FRAME_SAMPLES) * AUDIO_FRAME_SAMPLES
         self.frames_sent = 0
         self.voiced_frames = 0
+        self.last_pts: int | None = None  # of the latest frame sent (metrics: the A/V offset)
 
     async def recv(self) -> av.AudioFrame:
         if self.readyState != "live":
@@ -53,6 +54,7 @@ class StageAudioTrack(MediaStreamTrack):
         frame.pts = pts
         frame.time_base = AUDIO_TIME_BASE
         self._pts = pts + AUDIO_FRAME_SAMPLES
+        self.last_pts = pts
         self.frames_sent += 1
         if samples.any():
             self.voiced_frames += 1
@@ -72,6 +74,7 @@ class StageVideoTrack(MediaStreamTrack):
         self._index = math.ceil(stage.clock.time() * stage.fps)
         self.frames_sent = 0
         self.frames_late = 0
+        self.last_time: float | None = None  # stage time of the latest frame sent (metrics: the A/V offset)
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -90,6 +93,7 @@ class StageVideoTrack(MediaStreamTrack):
         frame.pts = round(t * VIDEO_CLOCK_RATE)
         frame.time_base = VIDEO_TIME_BASE
         self._index += 1
+        self.last_time = t
         self.frames_sent += 1
         return frame
 
