@@ -3,6 +3,7 @@ limits, the operator desk and the session API on a stage, and in-process aiortc 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -10,6 +11,7 @@ from aiohttp.test_utils import TestClient
 from avatar.broadcast.stages import STAGES, StageDirectory, UnknownStage
 from avatar.server.app import SESSIONS
 from avatar.server.operator_routes import OPERATORS
+from tests.rtc_client import RtcCustomer
 from tests.test_operator_api import sign_in, wait_until
 
 
@@ -127,3 +129,119 @@ async def test_session_delete_forgets_the_stage(client: TestClient, auth: dict[s
     assert resp.status == 200
     assert client.app[STAGES].get(sid) is None
     assert (await client.get(f"/api/stages/{sid}", headers=auth)).status == 404
+
+
+async def watch(client: TestClient, sid: str, key: str | None, variant: str | None = None) -> tuple[RtcCustomer, dict[str, Any]]:  # type: ignore[type-arg]
+    viewer = RtcCustomer()
+    body: dict[str, Any] = await viewer.offer()
+    if variant:
+        body["variant"] = variant
+    path = f"/api/stages/{sid}/offer" + (f"?key={key}" if key else "")
+    resp = await client.post(path, json=body)
+    assert resp.status == 200, await resp.text()
+    answer = dict(await resp.json())
+    await viewer.accept(answer)
+    return viewer, answer
+
+
+async def test_viewers_share_one_encode_and_get_captions(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    stage = await create(client, auth, driver="script")
+    sid, key = stage["stage_id"], stage["view_key"]
+    viewers: list[RtcCustomer] = []
+    try:
+        for _ in range(3):
+            viewer, answer = await watch(client, sid, key)
+            viewers.append(viewer)
+            assert answer["stage_id"] == sid and answer["variant"] == "main"
+        overlay, _ = await watch(client, sid, key, variant="overlay")
+        viewers.append(overlay)
+        for viewer in viewers:
+            await asyncio.wait_for(viewer.channel_open.wait(), 10)
+        listed = await (await client.get(f"/api/stages/{sid}", headers=auth)).json()
+        assert listed["viewers"] == 4
+
+        resp = await client.post(f"/api/sessions/{sid}/say", json={"text": "Good evening and welcome."}, headers=auth)
+        assert resp.status == 200
+        for viewer in viewers:
+            caption = await viewer.wait_for_event(lambda e: e["type"] == "caption")
+            assert caption["text"].startswith("Good evening") and caption["speaker"] == "avatar"
+        await wait_until(lambda: all(v.got.audio_rms and max(v.got.audio_rms) > 300 for v in viewers), within=15)
+        await wait_until(lambda: all(len(v.got.video_pts) > 10 for v in viewers), within=15)
+        for viewer in viewers[:3]:
+            assert viewer.got.video_size == (512, 512)
+        assert overlay.got.video_size == (512, 1024)  # colour over alpha
+
+        # One render and one encode per frame however many watch.
+        stats = client.app[STAGES].get(sid).media.stats()  # type: ignore[union-attr]
+        main = stats["main"]
+        assert main["subscribers"] == 3 and list(main["encoders"]) == ["VP8"]
+        assert main["encoders"]["VP8"]["frames_encoded"] == main["frames_read"] > 10
+        assert stats["overlay"]["subscribers"] == 1
+        assert stats["audio"]["encoders"]["opus"]["frames_encoded"] == stats["audio"]["frames_read"]
+        # Main-variant viewers received the same frames (pts from the one stage clock).
+        common = set(viewers[0].got.video_pts) & set(viewers[1].got.video_pts) & set(viewers[2].got.video_pts)
+        assert len(common) > 5
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+    await wait_until(lambda: client.app[STAGES].get(sid).media.viewer_count() == 0)  # type: ignore[union-attr]
+
+
+async def test_viewer_offer_auth_and_bad_input(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    stage = await create(client, auth)
+    sid, key = stage["stage_id"], stage["view_key"]
+    probe = RtcCustomer()
+    try:
+        body = await probe.offer()
+        # The stage id alone, a wrong key, a key of another stage, a bearer that is not a token.
+        other = await create(client, auth)
+        for path, headers in (
+            (f"/api/stages/{sid}/offer", {}),
+            (f"/api/stages/{sid}/offer?key=wrong", {}),
+            (f"/api/stages/{sid}/offer?key={other['view_key']}", {}),
+            (f"/api/stages/{sid}/offer", {"Authorization": f"Bearer {key}"}),
+            ("/api/stages/nosuchstage/offer", {}),
+            (f"/api/stages/nosuchstage/offer?key={key}", {}),
+        ):
+            resp = await client.post(path, json=body, headers=headers)
+            assert resp.status == 401, (path, await resp.text())
+            assert "error" in await resp.json()
+        resp = await client.post(f"/api/stages/{sid}/offer", json={**body, "key": "wrong"})
+        assert resp.status == 401
+        # With the API token, an unknown stage is a 404.
+        resp = await client.post("/api/stages/nosuchstage/offer", json=body, headers=auth)
+        assert resp.status == 404 and "error" in await resp.json()
+        for bad in (
+            {**body, "type": "answer"},
+            {**body, "sdp": "hello"},
+            {"type": "offer"},
+            {**body, "variant": "green"},
+            {**body, "variant": 1},
+            {**body, "sdp": "v=0\r\nnonsense"},
+        ):
+            resp = await client.post(f"/api/stages/{sid}/offer?key={key}", json=bad)
+            assert resp.status == 400, (bad, await resp.text())
+            assert "error" in await resp.json()
+        resp = await client.post(f"/api/stages/{sid}/offer?key={key}", data=b"{oops")
+        assert resp.status == 400
+        # The viewer limit.
+        client.app[STAGES].max_viewers = 0
+        resp = await client.post(f"/api/stages/{sid}/offer", json={**body, "key": key})
+        assert resp.status == 503 and "maximum of 0 viewers" in (await resp.json())["error"]
+        client.app[STAGES].max_viewers = 5
+        # The key in the body and the API token both admit a viewer.
+        resp = await client.post(f"/api/stages/{sid}/offer", json={**body, "key": key})
+        assert resp.status == 200, await resp.text()
+        second = RtcCustomer()
+        try:
+            resp = await client.post(f"/api/stages/{sid}/offer", json=await second.offer(), headers=auth)
+            assert resp.status == 200, await resp.text()
+        finally:
+            await second.close()
+    finally:
+        await probe.close()
+    # Deleting the stage disconnects its viewers.
+    fanout = client.app[STAGES].get(sid).media  # type: ignore[union-attr]
+    assert fanout is not None and fanout.viewer_count() >= 1
+    assert (await client.delete(f"/api/stages/{sid}", headers=auth)).status == 200
+    assert fanout.viewer_count() == 0 and fanout.closed

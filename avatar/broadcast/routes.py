@@ -19,6 +19,7 @@ from aiohttp import web
 
 from avatar.broadcast.stages import STAGES, BroadcastStage, StageDirectory
 from avatar.render.catalog import UnknownAvatar
+from avatar.rtc.fanout import VARIANTS, BadViewerOffer, ViewerLimit
 from avatar.server.app import API_TOKEN, SESSIONS, SETTINGS
 from avatar.server.auth import bearer_token, require_api_token
 from avatar.server.sessions import ServerFull
@@ -89,6 +90,57 @@ async def delete_stage(request: web.Request) -> web.Response:
     stage = stage_or_404(request)
     await request.app[STAGES].delete(stage.id)
     return web.json_response({"status": "closed", "stage_id": stage.id})
+
+
+def _has_manager_token(request: web.Request) -> bool:
+    """Whether the request carries the API token or a valid operator's token."""
+    from avatar.server.operator_routes import OPERATORS
+
+    if _is_api_token(request):
+        return True
+    token = bearer_token(request)
+    return token is not None and OPERATORS in request.app and request.app[OPERATORS].tokens.resolve(token) is not None
+
+
+@routes.post("/api/stages/{stage_id}/offer")
+async def viewer_offer(request: web.Request) -> web.Response:
+    """A receive-only viewer: ``{"sdp", "type": "offer", "variant"?: "main"|"overlay", "key"?}``;
+    the stage's view key (here or as ``?key=``) or the API token (or an operator's) is required."""
+    from avatar.server.routes import field, read_json_object
+
+    body = await read_json_object(request)
+    stage = request.app[STAGES].get(request.match_info["stage_id"])
+    key = request.query.get("key")
+    if key is None:
+        key = field(body, "key", str, required=False)
+    allowed = stage is not None and stage.key_matches(key)
+    if not allowed and not _has_manager_token(request):
+        # Whether the stage exists is not told to a caller without a valid key or token.
+        message = "a valid view key (?key=) or API token is required to watch this stage"
+        raise web.HTTPUnauthorized(
+            text=f'{{"error": "{message}"}}', content_type="application/json", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if stage is None:
+        raise web.HTTPNotFound(text=f"no live broadcast stage {request.match_info['stage_id']!r}")
+    sdp = field(body, "sdp", str)
+    sdp_type = field(body, "type", str)
+    if sdp_type != "offer":
+        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
+    if not sdp.startswith("v=0"):
+        raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
+    variant = field(body, "variant", str, required=False) or "main"
+    if variant not in VARIANTS:
+        raise web.HTTPBadRequest(text=f"'variant' must be one of {', '.join(VARIANTS)}")
+    fanout = request.app[STAGES].fanout(stage)
+    try:
+        viewer_id, answer = await fanout.add_viewer(sdp, sdp_type, variant)
+    except ViewerLimit as exc:
+        raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "30"}) from exc
+    except BadViewerOffer as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response(
+        {"sdp": answer.sdp, "type": answer.type, "stage_id": stage.id, "viewer_id": viewer_id, "variant": variant}
+    )
 
 
 def setup(app: web.Application) -> None:

@@ -22,15 +22,13 @@ import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from avatar.rtc.fanout import StageFanout
 from avatar.server.sessions import SessionManager
 from avatar.session import Driver, Session
-
-if TYPE_CHECKING:
-    from avatar.rtc.fanout import StageFanout
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +36,8 @@ log = logging.getLogger(__name__)
 DRIVERS = ("brain", "script", "operator")
 #: Default cap on stages per server (each also counts against ``max_sessions``).
 MAX_STAGES = 8
+#: Default cap on viewers per stage (bench/bench_viewers.py measures what a machine holds).
+MAX_VIEWERS = 200
 
 
 class UnknownStage(KeyError):
@@ -92,9 +92,10 @@ class BroadcastStage:
 class StageDirectory:
     """The live broadcast stages of one server (on the app under ``STAGES``)."""
 
-    def __init__(self, manager: SessionManager, max_stages: int = MAX_STAGES) -> None:
+    def __init__(self, manager: SessionManager, max_stages: int = MAX_STAGES, max_viewers: int = MAX_VIEWERS) -> None:
         self.manager = manager
         self.max_stages = max_stages
+        self.max_viewers = max_viewers
         self.stages: dict[str, BroadcastStage] = {}
         self._closing: set[asyncio.Task[Any]] = set()
         manager.on_session_end.append(self._session_ended)
@@ -134,6 +135,21 @@ class StageDirectory:
         self.stages[session.id] = record
         log.info("broadcast stage %s created (avatar %s, driver %s)", session.id, avatar, driver)
         return record
+
+    def fanout(self, record: BroadcastStage) -> StageFanout:
+        """The stage's viewers and shared encoders (made when the first viewer arrives)."""
+        if record.media is None:
+            settings = self.manager.settings
+            record.media = StageFanout(
+                record.session.stage,
+                settings.ice_servers,
+                video_codec=settings.video_codec,
+                render_pool=self.manager.engines.render_pool,
+                max_viewers=self.max_viewers,
+            )
+            record.session.add_sink(record.media.publish)  # captions and state for viewers' pages
+        record.media.max_viewers = self.max_viewers
+        return record.media
 
     async def delete(self, stage_id: str) -> bool:
         """End a stage: its viewers are disconnected and its session closed."""
