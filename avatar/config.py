@@ -65,7 +65,7 @@ class Settings:
     tls_key: Path | None = None
     allowed_origins: list[str] = field(default_factory=list)  # operator WebSocket origins besides the server's own
     frame_ancestors: list[str] = field(default_factory=lambda: ["'self'"])  # who may frame the pages (CSP)
-    max_sessions_per_client: int = 4  # live sessions per client address
+    max_sessions_per_client: int = 8  # live sessions per client address (customers behind one NAT share one)
     trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For is believed
     channel_rate: float = 5.0  # data-channel messages per second per session (sustained) ...
     channel_burst: int = 20  # ... and in a burst

@@ -275,6 +275,7 @@ class ServerProcess:
             "AVATAR_DATA_DIR": self._tmp.name,
             "AVATAR_API_TOKEN": self.token,
             "AVATAR_MAX_SESSIONS": str(self.max_sessions),
+            "AVATAR_MAX_SESSIONS_PER_CLIENT": str(self.max_sessions),  # every bench customer is on 127.0.0.1
             "AVATAR_LOG_LEVEL": "WARNING",
             "AVATAR_DRIVER": "echo",
             "HF_HUB_OFFLINE": "1",

@@ -83,7 +83,11 @@ def ms(values: list[float]) -> str:
 async def run(sessions: int, rounds: int) -> dict[str, list[float]]:
     data = Path(tempfile.mkdtemp(prefix="bench-takeover-"))
     settings = load_settings(
-        env={}, overrides={"data_dir": data, "api_token": "bench", "driver": "echo", "max_sessions": sessions + 1}
+        env={},
+        overrides={
+            "data_dir": data, "api_token": "bench", "driver": "echo",
+            "max_sessions": sessions + 1, "max_sessions_per_client": sessions + 1,  # all on 127.0.0.1
+        },
     )
     client = TestClient(TestServer(create_app(settings)))
     await client.start_server()
