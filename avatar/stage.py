@@ -28,9 +28,12 @@ from avatar.idle import speaking_weight
 from avatar.render.base import AvatarRenderer
 from avatar.timeline import SpeechChunk, Word
 
-#: How far ahead of "now" new speech is placed: one 20 ms audio frame may already be in
-#: flight, plus a margin for the event loop.
-SCHEDULE_LEAD = 0.04
+#: The least time between "now" and the start of new speech. New speech otherwise starts at the
+#: first sample no track has read (a track reads each 20 ms frame when its play time comes,
+#: so that is the next frame boundary, at most 20 ms away); this margin only matters when the
+#: tracks are behind the clock or absent. The mouth follows the audio either way: frames for
+#: times after the start are drawn after it was scheduled.
+SCHEDULE_LEAD = 0.005
 #: Fade applied where speech is cut, so an interruption makes no click.
 CUT_FADE = 0.010
 #: How long the mouth takes to return to rest after speech is cut mid-word.
@@ -126,7 +129,8 @@ class Stage:
 
     # -- the audio timeline -------------------------------------------------------------
     def schedule(self, chunk: SpeechChunk, mouth: MouthCurve) -> Segment:
-        """Place ``chunk`` right after what is already queued (or ``SCHEDULE_LEAD`` from now)."""
+        """Place ``chunk`` right after what is already queued, or else at the first sample not
+        yet handed to a track, but at least ``SCHEDULE_LEAD`` from now."""
         audio = to_stage_rate(chunk.audio, chunk.sample_rate)
         earliest = max(self.clock.sample() + int(SCHEDULE_LEAD * AUDIO_RATE), self._read_until)
         with self._lock:

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from avatar.speech.lang import detect_lang, word_tokens
-from avatar.speech.sentences import speech_units, split_sentences
+from avatar.speech.sentences import (
+    DEFAULT_FIRST_MAX_UNITS,
+    ends_clause,
+    ends_sentence,
+    speech_units,
+    split_sentences,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,30 +55,76 @@ def test_chinese_and_mixed_sentences(text: str, expected: list[str]) -> None:
     assert split_sentences(text, first_max_units=0) == expected
 
 
-def test_long_first_sentence_is_cut_at_a_clause_break_only_once() -> None:
+def test_long_first_sentence_is_cut_before_a_phrase_and_its_long_rest_at_a_clause() -> None:
     text = (
         "When you open a new savings account with us today, you will receive a welcome bonus "
         "of fifty dollars, and no monthly fee for the first year. Shall we start, then?"
     )
     sentences = split_sentences(text)
+    # No clause break comes within 20 units: the first piece ends before "with" (the first
+    # phrase opener past 20 units, before the comma after "today"). The rest is longer than
+    # 4 x 20 units, so it is cut once more at a clause break; later sentences stay whole.
     assert sentences == [
-        "When you open a new savings account with us today,",
-        "you will receive a welcome bonus of fifty dollars, and no monthly fee for the first year.",
+        "When you open a new savings account",
+        "with us today, you will receive a welcome bonus of fifty dollars,",
+        "and no monthly fee for the first year.",
         "Shall we start, then?",
     ]
-    assert speech_units(sentences[0]) <= 60
+    assert " ".join(sentences) == text
+
+
+def test_a_clause_break_is_preferred_when_it_fits() -> None:
+    text = "For your security, please never share your card number with anyone, not even with us."
+    assert split_sentences(text) == [
+        "For your security,",
+        "please never share your card number with anyone, not even with us.",
+    ]
+
+
+def test_without_a_clause_break_the_cut_comes_before_a_conjunction_or_preposition() -> None:
+    text = "Our branches are open from nine in the morning until five in the afternoon."
+    first, rest = split_sentences(text)
+    assert (first, rest) == ("Our branches are open", "from nine in the morning until five in the afternoon.")
+    assert speech_units(first) <= DEFAULT_FIRST_MAX_UNITS
+
+
+def test_a_long_first_sentence_with_no_break_at_all_is_kept_whole() -> None:
+    text = "Unfortunately the requested international payment amount exceeds the permitted maximum."
+    assert split_sentences(text) == [text]
+
+
+def test_pieces_are_never_shorter_than_a_few_words() -> None:
+    # "Yes," alone and "of course." alone are too short to be worth a synthesis of their own.
+    assert split_sentences("Yes, of course.") == ["Yes, of course."]
+    assert split_sentences("Please wait and stay on the line for a moment.", first_max_units=8) == [
+        "Please wait",
+        "and stay on the line for a moment.",
+    ]
 
 
 def test_long_chinese_first_sentence_is_cut_at_a_chinese_comma() -> None:
     text = "您好，感谢您致电我们银行的客户服务热线，为了保障您的账户安全，请您先提供您的姓名和身份证号码的后四位。"
-    first, second = split_sentences(text)
-    assert first == "您好，感谢您致电我们银行的客户服务热线，"
-    assert first + second == text
+    pieces = split_sentences(text)
+    assert pieces[0] == "您好，感谢您致电我们银行的客户服务热线，"
+    assert "".join(pieces) == text
 
 
 def test_numbers_are_not_clause_breaks() -> None:
     text = "The transfer of 1,000,000 dollars to account 12345678 was completed at 12:30 yesterday afternoon."
-    assert split_sentences(text, first_max_units=20) == [text]
+    pieces = split_sentences(text, first_max_units=20)
+    assert " ".join(pieces) == text
+    assert any("1,000,000" in p for p in pieces) and any("12:30" in p for p in pieces)
+    assert split_sentences("It is 1,000,000 or 2,000,000 at 12:30 today.", first_max_units=15) == [
+        "It is 1,000,000",
+        "or 2,000,000 at 12:30 today.",
+    ]
+
+
+def test_which_pieces_end_a_sentence_or_a_clause() -> None:
+    assert ends_sentence("Hello.") and ends_sentence('"Is that all?"') and ends_sentence("好的。")
+    assert not ends_sentence("I can check your balance,") and not ends_sentence("Your transfer")
+    assert ends_clause("I can check your balance,") and ends_clause("您好，") and ends_clause("Done.")
+    assert not ends_clause("Your transfer has been submitted")
 
 
 def test_a_short_first_sentence_is_kept_whole() -> None:

@@ -148,6 +148,7 @@ class Engines:
     def close(self) -> None:
         self.render_pool.shutdown(wait=False, cancel_futures=True)
         self.listen_pool.shutdown(wait=False, cancel_futures=True)
+        self.tts.close()  # its own synthesis pool
 
     async def aclose(self) -> None:
         """``close``, after releasing the recogniser (its worker thread or HTTP connections)."""

@@ -6,8 +6,13 @@ space, the end of the text or a Chinese character follows. A period inside a num
 ("J. Smith") does not end a sentence. Line breaks always do. Closing quotes and brackets stay
 with the sentence they close.
 
-The first sentence is what the listener waits for, so when it is long it is cut once more at
-a clause break (，、：, or ", ") near ``first_max_units`` (see ``speech_units``).
+The first sentence is what the listener waits for (its synthesis time is the reply's
+latency), so when it is longer than ``first_max_units`` (see ``speech_units``; the default is
+about a second and a half of speech) it is cut once more: at a clause break (，、：, or ", "),
+or, where no clause break comes early enough, before a conjunction or preposition that opens
+a phrase ("and", "or", "from", "within"...), never inside a phrase. The rest of that sentence
+becomes the next piece; when it is very long it is cut once more at a clause break, so that it
+is ready before the first piece has been heard. Later sentences are kept whole.
 """
 
 from __future__ import annotations
@@ -38,8 +43,18 @@ _BEFORE_NUMBER = {"no", "nos", "vol", "p", "pp", "fig", "art", "ch", "sec", "tel
 
 _WORD_BEFORE_DOT = re.compile(r"([A-Za-z](?:[A-Za-z.]*[A-Za-z])?)$")
 
-DEFAULT_FIRST_MAX_UNITS = 60
-_MIN_PIECE_UNITS = 12
+DEFAULT_FIRST_MAX_UNITS = 20
+_MIN_PIECE_UNITS = 10
+#: The rest of a cut first sentence is cut again (at a clause break) beyond this many times
+#: ``first_max_units``: its synthesis must end before the first piece has been heard.
+_SECOND_PIECE_FACTOR = 4
+# Words a phrase can open with: the first piece may end before one of them.
+_PHRASE_OPENERS = {
+    "and", "or", "but", "so", "because", "if", "when", "while", "until", "unless", "which",
+    "that", "who", "where", "to", "for", "with", "within", "from", "in", "on", "at", "by",
+    "after", "before", "into", "over", "during",
+}  # fmt: skip
+_WORD_AT = re.compile(r"\s+([A-Za-z]+)\b")
 
 
 def speech_units(text: str) -> int:
@@ -73,8 +88,26 @@ def split_sentences(text: str, *, first_max_units: int = DEFAULT_FIRST_MAX_UNITS
     if tail:
         sentences.append(tail)
     if sentences and first_max_units > 0 and speech_units(sentences[0]) > first_max_units:
-        sentences[:1] = _cut_at_clause(sentences[0], first_max_units)
+        pieces = _cut_first(sentences[0], first_max_units)
+        longest = _SECOND_PIECE_FACTOR * first_max_units
+        if len(pieces) == 2 and speech_units(pieces[1]) > longest:
+            pieces[1:] = _cut_at_clause(pieces[1], longest)
+        sentences[:1] = pieces
     return sentences
+
+
+def ends_sentence(piece: str) -> bool:
+    """Whether ``piece`` ends a sentence (a terminator, then perhaps closing quotes or brackets),
+    rather than being the first part of one that ``split_sentences`` cut."""
+    core = piece.rstrip().rstrip(_CLOSERS)
+    return core != "" and core[-1] in _CJK_TERMINATORS + _LATIN_TERMINATORS + ".．"
+
+
+def ends_clause(piece: str) -> bool:
+    """Whether ``piece`` ends at punctuation (a sentence end or a clause break), where the
+    voice pauses, rather than between two words."""
+    core = piece.rstrip().rstrip(_CLOSERS)
+    return ends_sentence(piece) or (core != "" and core[-1] in _CLAUSE_BREAKS_CJK + _CLAUSE_BREAKS_LATIN)
 
 
 def _sentence_end(text: str, i: int) -> int | None:
@@ -145,9 +178,48 @@ def _period_is_final(text: str, i: int, end: int) -> bool:
     return True
 
 
+def _cut_first(sentence: str, max_units: int) -> list[str]:
+    """Cut the first sentence: at the clause break closest below ``max_units``; else before the
+    phrase opener closest below it; else at whichever of the two comes first past it."""
+    clause = _clause_cut(sentence, max_units)
+    word = _word_cut(sentence, max_units)
+    fits = [c for c in (clause, word) if c is not None and speech_units(sentence[:c]) <= max_units]
+    best = fits[0] if fits else min((c for c in (clause, word) if c is not None), default=None)
+    if best is None:
+        return [sentence]
+    return [sentence[:best].strip(), sentence[best:].strip()]
+
+
+def _word_cut(sentence: str, max_units: int) -> int | None:
+    """The index before the phrase opener that makes the first piece closest below ``max_units``
+    (or the first one past it), leaving at least ``_MIN_PIECE_UNITS`` on each side."""
+    best: int | None = None
+    for match in _WORD_AT.finditer(sentence):
+        if match.group(1).lower() not in _PHRASE_OPENERS:
+            continue
+        cut = match.start()
+        units = speech_units(sentence[:cut])
+        if units < _MIN_PIECE_UNITS or speech_units(sentence[cut:]) < _MIN_PIECE_UNITS:
+            continue
+        if units <= max_units or best is None:
+            best = cut
+        if units > max_units:
+            break
+    return best
+
+
 def _cut_at_clause(sentence: str, max_units: int) -> list[str]:
+    """Cut ``sentence`` once at ``_clause_cut``; unchanged when there is no clause break."""
+    best = _clause_cut(sentence, max_units)
+    if best is None:
+        return [sentence]
+    return [sentence[:best].strip(), sentence[best:].strip()]
+
+
+def _clause_cut(sentence: str, max_units: int) -> int | None:
     """Cut ``sentence`` once at the clause break that makes the first piece closest below
-    ``max_units`` (or the first break past it); unchanged when there is none."""
+    ``max_units`` (or the first break past it): the index just past it, ``None`` when there
+    is none."""
     best: int | None = None
     for idx, ch in enumerate(sentence):
         cut = idx + 1
@@ -167,6 +239,4 @@ def _cut_at_clause(sentence: str, max_units: int) -> list[str]:
             best = cut
         if units > max_units:
             break
-    if best is None:
-        return [sentence]
-    return [sentence[:best].strip(), sentence[best:].strip()]
+    return best

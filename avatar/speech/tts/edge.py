@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -50,7 +51,9 @@ class EdgeTTS:
         phonemizer: Phonemizer | None = None,
         connect_timeout: int = 10,
         receive_timeout: int = 30,
+        executor: Executor | None = None,
     ) -> None:
+        self._executor = executor  # MP3 decoding; the TTS pool, or None: asyncio's default
         self._url = url if url is None or "?" in url else url + "?"
         self._phonemizer = phonemizer or Phonemizer()
         self._connect_timeout = connect_timeout
@@ -61,7 +64,8 @@ class EdgeTTS:
         if voice_name is None:
             raise TTSError(f"edge: no default voice for language {voice.lang!r}")
         mp3, boundaries = await self._fetch(sentence, voice_name)
-        return await asyncio.to_thread(self._assemble, sentence, voice, mp3, boundaries)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._assemble, sentence, voice, mp3, boundaries)
 
     async def _fetch(self, sentence: str, voice_name: str) -> tuple[bytes, list[WordBoundary]]:
         edge_tts = _import_edge_tts()

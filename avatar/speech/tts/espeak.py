@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import threading
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -234,7 +235,8 @@ class EspeakTTS:
 
     name = "espeak"
 
-    def __init__(self) -> None:
+    def __init__(self, executor: Executor | None = None) -> None:
+        self._executor = executor  # the TTS pool; None: asyncio's default executor
         self._library: EspeakLibrary | None = None
         self._load_lock = threading.Lock()
 
@@ -246,7 +248,8 @@ class EspeakTTS:
             return self._library
 
     async def synthesize(self, sentence: str, voice: Voice) -> SpeechChunk:
-        return await asyncio.to_thread(self.synthesize_blocking, sentence, voice)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.synthesize_blocking, sentence, voice)
 
     def synthesize_blocking(self, sentence: str, voice: Voice) -> SpeechChunk:
         """``synthesize`` without the thread hop, for callers already off the event loop."""

@@ -6,6 +6,16 @@ avatar silent while an offline engine can speak: when the chosen engine fails, o
 longer than ``Settings.tts_fallback_timeout``, the sentence is spoken by the offline engine
 for its language (piper for English, espeak ``cmn`` for Mandarin), and by espeak as the
 last resort.
+
+Synthesis runs on the registry's own small thread pool (``TTS_WORKERS`` threads), not on
+asyncio's default executor, where aiortc encodes every session's audio and video frames: a few
+voices speaking at once must not delay every session's frames, nor wait behind them.
+
+One line said by many sessions (an operator broadcasting to ten avatars) is synthesised once:
+finished sentences are kept in a small LRU cache keyed by (voice, sentence), and a sentence
+already being synthesised is awaited, not synthesised again. Only a chunk the requested
+engine spoke is cached (a fallback's stand-in is not), and cached chunks are read-only: they
+are shared by every session that says the line.
 """
 
 from __future__ import annotations
@@ -13,7 +23,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from avatar.config import Settings
 from avatar.speech.phonemize import Phonemizer
@@ -33,16 +45,29 @@ LAST_RESORT_VOICES = {
     "zh": Voice("espeak", "cmn", "zh"),
 }
 _WARM_UP_TEXT = {"en": "Hello.", "zh": "你好。"}
+#: Threads synthesising at once: one per core here (piper runs one onnxruntime thread each).
+TTS_WORKERS = 2
+#: Finished sentences kept for sessions that say the same line (a few MB of 22 kHz audio).
+CACHE_SENTENCES = 128
 
 
 class TTSRegistry:
-    """Engines by name, voices by avatar and language, synthesis with fallback."""
+    """Engines by name, voices by avatar and language, synthesis with fallback.
 
-    def __init__(self, settings: Settings) -> None:
+    ``cache_size`` sentences are cached (0: none). ``close`` stops the TTS thread pool.
+    """
+
+    def __init__(self, settings: Settings, cache_size: int = CACHE_SENTENCES) -> None:
         self._settings = settings
         self._engines: dict[str, TTSEngine] = {}
         self._lock = threading.Lock()
         self._phonemizer = Phonemizer()
+        self._pool = ThreadPoolExecutor(max_workers=TTS_WORKERS, thread_name_prefix="tts")
+        self._cache_size = cache_size
+        self._cache: OrderedDict[tuple[Voice, str], SpeechChunk] = OrderedDict()
+        self._in_flight: dict[tuple[Voice, str], _InFlight] = {}
+        self.cache_hits = 0
+        self.syntheses = 0  # sentences synthesised (cache misses), fallbacks included
 
     def engine(self, name: str) -> TTSEngine:
         """The engine called ``name``, created on first use. Raises ``TTSError`` for an unknown
@@ -59,15 +84,15 @@ class TTSRegistry:
         if name == "piper":
             from avatar.speech.tts.piper import PiperTTS
 
-            return PiperTTS(self._phonemizer)
+            return PiperTTS(self._phonemizer, executor=self._pool)
         if name == "espeak":
             from avatar.speech.tts.espeak import EspeakTTS
 
-            return EspeakTTS()
+            return EspeakTTS(executor=self._pool)
         if name == "edge":
             from avatar.speech.tts.edge import EdgeTTS
 
-            return EdgeTTS(self._settings.edge_tts_url, self._phonemizer)
+            return EdgeTTS(self._settings.edge_tts_url, self._phonemizer, executor=self._pool)
         raise TTSError(f"unknown TTS engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
 
     def voice_for(self, avatar: str, lang: str) -> Voice:
@@ -83,9 +108,49 @@ class TTSRegistry:
         """Speak ``sentence`` with ``voice``, falling back to offline engines (see module doc).
 
         Raises ``ValueError`` for an empty sentence, ``TTSError`` only when every engine failed.
+        The chunk may be shared with other callers (see the module doc): do not modify it.
         """
         if not sentence.strip():
             raise ValueError("nothing to synthesise: the sentence is empty")
+        key = (voice, sentence)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            self.cache_hits += 1
+            return cached
+        flight = self._in_flight.get(key)
+        if flight is None:
+            task = asyncio.create_task(self._synthesize(sentence, voice), name="tts.synthesize")
+            flight = self._in_flight[key] = _InFlight(task)
+        else:
+            self.cache_hits += 1
+        flight.waiters += 1
+        try:
+            chunk = await asyncio.shield(flight.task)
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and self._in_flight.get(key) is flight:
+                del self._in_flight[key]
+                if not flight.task.done():  # every caller gave up (interrupted): stop it
+                    flight.task.cancel()
+                    await asyncio.wait({flight.task})
+        if self._cache_size > 0 and chunk.engine == voice.engine and key not in self._cache:
+            chunk.audio.flags.writeable = False
+            self._cache[key] = chunk
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return chunk
+
+    def clear_cache(self) -> None:
+        """Forget every cached sentence (sentences being synthesised are not affected)."""
+        self._cache.clear()
+
+    def close(self) -> None:
+        """Stop the TTS thread pool (pending syntheses are cancelled)."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _synthesize(self, sentence: str, voice: Voice) -> SpeechChunk:
+        self.syntheses += 1
         candidates = _unique([voice, self.offline_voice(voice.lang), LAST_RESORT_VOICES.get(voice.lang)])
         offline = {self.offline_voice(voice.lang).engine, "espeak"}
         errors: list[str] = []
@@ -108,6 +173,16 @@ class TTSRegistry:
         """Load the engines behind ``voices`` now (models, libraries) so the first reply is fast."""
         for voice in _unique(list(voices)):
             await self.engine(voice.engine).synthesize(_WARM_UP_TEXT.get(voice.lang, "Hello."), voice)
+
+
+class _InFlight:
+    """A sentence being synthesised, and how many callers await it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[SpeechChunk]) -> None:
+        self.task = task
+        self.waiters = 0
 
 
 def _unique(voices: list[Voice | None]) -> list[Voice]:

@@ -7,6 +7,11 @@ would only make CPU engines slower to deliver the first sentence), into a queue 
 or cancelling the task that iterates it, cancels the producer and waits for it: no task
 outlives the stream. Iterate it under ``contextlib.aclosing`` so an early ``break`` closes
 it at once.
+
+Silence is trimmed where it is only waiting (``avatar.speech.tts.silence``): before the first
+piece of the reply, and around the cut where ``split_sentences`` split a sentence in two (the
+piece before a cut between two words keeps a short breath; one before a clause break keeps
+the voice's own pause). Pauses between whole sentences are the voice's own.
 """
 
 from __future__ import annotations
@@ -14,10 +19,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from avatar.speech.sentences import DEFAULT_FIRST_MAX_UNITS, split_sentences
+from avatar.speech.sentences import DEFAULT_FIRST_MAX_UNITS, ends_clause, ends_sentence, split_sentences
 from avatar.speech.tts.base import Voice
 from avatar.speech.tts.registry import TTSRegistry
+from avatar.speech.tts.silence import trim_silence
 from avatar.timeline import SpeechChunk
+
+#: Silence kept before the first voiced sample of a reply, and of a piece that goes on with a
+#: cut sentence.
+LEAD_KEEP = 0.01
+#: Silence kept after a piece cut between two words (no punctuation: the voice would not pause).
+WORD_CUT_TAIL = 0.05
 
 
 async def speak_stream(
@@ -42,13 +54,16 @@ async def speak_stream(
     ready: asyncio.Queue[SpeechChunk | Exception | None] = asyncio.Queue(maxsize=lookahead)
 
     async def produce() -> None:
-        for sentence in sentences:
+        for i, sentence in enumerate(sentences):
             try:
                 chunk = await tts.synthesize(sentence, voice)
             except Exception as exc:  # handed to the consumer, in order
                 await ready.put(exc)
                 return
-            await ready.put(chunk)
+            continues = i > 0 and not ends_sentence(sentences[i - 1])
+            lead = LEAD_KEEP if i == 0 or continues else None
+            tail = WORD_CUT_TAIL if i + 1 < len(sentences) and not ends_clause(sentence) else None
+            await ready.put(trim_silence(chunk, lead=lead, tail=tail))
         await ready.put(None)  # the end
 
     producer = asyncio.create_task(produce(), name="speak_stream.produce")
