@@ -101,8 +101,24 @@ def remove(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         if not OperatorAccounts(store).remove(args.name):
             raise CliError(f"no operator {args.name!r}")
-    print(f"operator {args.name} removed (their sign-ins end when the server restarts or their token expires)")
+    revoked = _revoke_sign_ins(args)
+    print(f"operator {args.name} removed ({revoked} sign-in(s) revoked)")
     return 0
+
+
+def _revoke_sign_ins(args: argparse.Namespace) -> int:
+    """End the removed operator's sign-ins at once, on every server process."""
+    from redis.exceptions import RedisError
+
+    from avatar.cli import CliError
+    from avatar.cluster.tokens import revoke_operator_everywhere
+    from avatar.server.cli import settings_from_args
+
+    settings = settings_from_args(args)
+    try:
+        return revoke_operator_everywhere(settings, args.name)
+    except (RedisError, OSError) as exc:
+        raise CliError(f"the account is removed, but its sign-ins could not be revoked in Redis: {exc}") from exc
 
 
 def list_accounts(args: argparse.Namespace) -> int:

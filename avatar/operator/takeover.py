@@ -164,6 +164,9 @@ class TakeoverDesk:
         self.sleep = sleep
         self.wall_clock = wall_clock
         self.seats: dict[str, Seat] = {}
+        #: Takes the cluster-wide takeover lock for (session id, operator) and returns who holds
+        #: it then (avatar.cluster sets it when several processes serve together).
+        self.lock: Callable[[str, str], Awaitable[str]] | None = None
         hub.on_presence.append(self._presence)
 
     # -- sessions coming and going ------------------------------------------------------------
@@ -200,6 +203,15 @@ class TakeoverDesk:
             if seat.holder != operator:
                 raise HeldByOther(seat.holder or "?")
             return seat
+        if self.lock is not None:
+            holder = await self.lock(session_id, operator)
+            if holder != operator:
+                raise HeldByOther(holder)
+            seat = self.seat(session_id)  # the session may have ended meanwhile
+            if seat.control is Control.OPERATOR:
+                if seat.holder != operator:
+                    raise HeldByOther(seat.holder or "?")
+                return seat
         seat.move(Control.OPERATOR)
         session = seat.session
         previous_wait = seat.waiting_since

@@ -97,6 +97,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     from avatar.broadcast import routes as broadcast_routes  # stages and their viewers (issue 7)
 
     broadcast_routes.setup(app)
+    from avatar.cluster import app as cluster  # several processes through Redis (issue 8)
+
+    cluster.setup(app)
     routes.setup_routes(app, settings.web_dir or default_web_dir())
     return app
-

@@ -14,6 +14,7 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="TCP port (default 8080; AVATAR_PORT)")
     p.add_argument("--config", type=Path, help="TOML configuration file (AVATAR_CONFIG)")
     p.add_argument("--data-dir", type=Path, help="where all state lives (default ./data; AVATAR_DATA_DIR)")
+    p.add_argument("--redis", metavar="URL", help="share sessions with other processes through Redis (AVATAR_REDIS_URL)")
     p.set_defaults(func=run)
 
 
@@ -29,6 +30,7 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Any:
         "host": getattr(args, "host", None),
         "port": getattr(args, "port", None),
         "data_dir": getattr(args, "data_dir", None),
+        "redis_url": getattr(args, "redis", None),
         **extra,
     }
     try:
@@ -41,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from avatar.cli import CliError
+    from avatar.cluster.base import ClusterUnavailable
     from avatar.server.app import create_app
 
     settings = settings_from_args(args)
@@ -54,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CliError(f"data directory {settings.data_dir}: {exc.strerror}") from exc
+    if settings.redis_url:
+        from avatar.cluster.redis_cluster import check_reachable
+
+        problem = check_reachable(settings.redis_url)
+        if problem is not None:
+            raise CliError(problem)
     app = create_app(settings)
     print(f"avatar: serving on http://{settings.host}:{settings.port}/ (data in {settings.data_dir.resolve()})", flush=True)
     try:
@@ -61,5 +70,7 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # a knowledge base or avatar that cannot be loaded at start
+        raise CliError(str(exc)) from exc
+    except ClusterUnavailable as exc:  # Redis went away between the check and the start
         raise CliError(str(exc)) from exc
     return 0

@@ -153,9 +153,11 @@ async def logout(request: web.Request) -> web.Response:
 # -- sessions ------------------------------------------------------------------------------------
 @routes.get("/api/operator/sessions")
 async def operator_sessions(request: web.Request) -> web.Response:
+    from avatar.cluster.app import operator_view
+
     name = operator_of(request)
-    desk = request.app[OPERATORS].desk
-    return web.json_response({"operator": name, "held": desk.held_by(name), "sessions": desk.summaries()})
+    held, sessions = await operator_view(request.app, name)  # every server process's sessions
+    return web.json_response({"operator": name, "held": held, "sessions": sessions})
 
 
 @routes.get("/api/sessions/{session_id}/transcript")
@@ -288,10 +290,10 @@ async def operator_ws(request: web.Request) -> web.WebSocketResponse:
     sub = ops.hub.subscribe(name)
     pump: asyncio.Task[None] | None = None
     try:
-        await ws.send_json(
-            {"type": "hello", "operator": name, "held": ops.desk.held_by(name), "sessions": ops.desk.summaries()},
-            dumps=_dumps,
-        )
+        from avatar.cluster.app import operator_view
+
+        held, sessions = await operator_view(request.app, name)  # every server process's sessions
+        await ws.send_json({"type": "hello", "operator": name, "held": held, "sessions": sessions}, dumps=_dumps)
         pump = asyncio.create_task(_pump(ws, sub, ops, token), name=f"operator-ws:{name}")
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:

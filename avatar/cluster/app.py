@@ -1,0 +1,330 @@
+"""The cluster on the aiohttp application: ``setup(app)`` (called by ``create_app``).
+
+Without ``redis_url`` the process is a ``LocalCluster`` and nothing changes. With it:
+
+- The operator hub's events go to every process (the ``hub`` topic) and every process's
+  operator sockets receive them; a session's ``session`` / ``session_closed`` events also
+  keep the shared registry current.
+- Requests about a session this process does not own (``/api/sessions/{id}/say``,
+  ``interrupt``, ``takeover``, ``handback``, ``transcript``, ``DELETE``) are forwarded by
+  ``cluster_middleware`` to the process that owns it, with the cluster secret; that process
+  answers them as its own (it is the authority for its sessions' takeover state). A line
+  for several sessions (``POST /api/operator/say``) is split by owner after checking, on
+  every owner, that the operator holds them all.
+- Takeovers also take a lock in Redis (``SET NX``) naming the operator.
+- Operator tokens live in Redis (``RedisTokenBook``), valid on every process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import re
+import secrets
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from avatar.cluster.base import Cluster, ClusterUnavailable, LocalCluster, Node
+from avatar.config import Settings
+
+log = logging.getLogger(__name__)
+
+CLUSTER = web.AppKey("cluster", Cluster)
+PEER_HTTP = web.AppKey("cluster_http", aiohttp.ClientSession)
+SECRET_HEADER = "X-Avatar-Cluster"  # the cluster secret: this request was forwarded by a peer
+VIA_HEADER = "X-Avatar-Via"  # the node that forwarded it
+FORWARD_TIMEOUT = 15.0
+
+_SESSION_PATH = re.compile(r"^/api/sessions/([^/]+)(?:/(say|interrupt|takeover|handback|transcript))?/?$")
+_MULTI_SAY = "/api/operator/say"
+
+
+def node_for(settings: Settings) -> Node:
+    """This process: a fresh id per start, and the URL peers reach it at."""
+    url = settings.advertise_url
+    if not url:
+        host = settings.host
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        scheme = "https" if getattr(settings, "tls_cert", None) else "http"
+        url = f"{scheme}://{host}:{settings.port}"
+    return Node(f"{socket.gethostname()}-{settings.port}-{secrets.token_hex(3)}", url.rstrip("/"))
+
+
+def _json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+# -- wiring --------------------------------------------------------------------------------------
+def setup(app: web.Application) -> None:
+    """Install the cluster on ``app`` (after the operator routes: it needs their service)."""
+    app.middlewares.append(cluster_middleware)
+    app.cleanup_ctx.append(_cluster_ctx)
+
+
+async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    from avatar.server.app import SESSIONS, SETTINGS
+
+    settings = app[SETTINGS]
+    node = node_for(settings)
+    if not settings.redis_url:
+        app[CLUSTER] = LocalCluster(node)
+        yield
+        return
+
+    from avatar.cluster.redis_cluster import RedisCluster
+    from avatar.cluster.tokens import RedisTokenBook
+    from avatar.server.operator_routes import OPERATORS
+
+    ops = app[OPERATORS]
+    desk = ops.desk
+    cluster = RedisCluster(
+        settings.redis_url,
+        node,
+        secret=settings.cluster_secret,
+        local_sessions=lambda: {sid: desk.summary(sid) for sid in list(desk.seats)},
+        held_locks=lambda: {sid: seat.holder for sid, seat in desk.seats.items() if seat.holder is not None},
+    )
+    await cluster.start()  # ClusterUnavailable stops the start with its message
+    app[CLUSTER] = cluster
+    app[PEER_HTTP] = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT))
+
+    # Tokens: from the data directory's file to Redis, so every process accepts them.
+    local_book = ops.tokens
+    ops.tokens = RedisTokenBook(cluster, settings.operator_token_ttl)
+    local_book.close()
+
+    # Operator events: out to the other processes, and theirs in to our sockets.
+    def relay(message: dict[str, Any], operator: str | None) -> None:
+        cluster.publish("hub", {"message": message, "operator": operator})
+        kind = message.get("type")
+        if kind == "session" and isinstance(message.get("session"), dict):
+            summary = message["session"]
+            cluster.track(str(summary["session_id"]), summary)
+        elif kind == "session_closed":
+            cluster.untrack(str(message["session_id"]))
+        elif kind == "event" and message.get("kind") == "handback" and isinstance(message.get("operator"), str):
+            # Handback, sign-out, grace expired: the operator let go, so does the lock.
+            operator_name, session_id = message["operator"], str(message["session_id"])
+            cluster.enqueue(lambda r: _unlock_write(cluster, session_id, operator_name))
+
+    def deliver(envelope: dict[str, Any]) -> None:
+        message, operator = envelope.get("message"), envelope.get("operator")
+        if isinstance(message, dict):
+            ops.hub.deliver(message, operator if isinstance(operator, str) else None)
+
+    ops.hub.relays.append(relay)
+    cluster.subscribe("hub", deliver)
+    for sid in list(desk.seats):  # sessions that started before the cluster joined
+        cluster.track(sid, desk.summary(sid))
+
+    # Takeover locks: the owner is the authority for its sessions; the lock in Redis makes the
+    # holder visible to every process and refuses a second operator anywhere.
+    async def lock(session_id: str, operator: str) -> str:
+        try:
+            holder = await cluster.lock(session_id, operator)
+            seat = desk.seats.get(session_id)
+            if holder != operator and (seat is None or seat.holder != holder):
+                # A stale lock (a release lost while Redis was away): this process owns the
+                # session and says nobody holds it.
+                await cluster.unlock(session_id, holder)
+                holder = await cluster.lock(session_id, operator)
+            return holder
+        except ClusterUnavailable as exc:
+            log.warning("takeover of %s without the shared lock (%s): this process owns it", session_id, exc)
+            return operator
+
+    desk.lock = lock
+    try:
+        yield
+    finally:
+        # Close this process's sessions while the cluster still hears about it, then leave.
+        await app[SESSIONS].close_all()
+        desk.lock = None
+        with contextlib.suppress(ValueError):
+            ops.hub.relays.remove(relay)
+        await cluster.close()
+        await app[PEER_HTTP].close()
+
+
+async def _unlock_write(cluster: Any, session_id: str, operator: str) -> None:
+    await cluster.unlock(session_id, operator)
+
+
+# -- the operators' merged view ------------------------------------------------------------------
+def _urgency(item: dict[str, Any], now: float) -> tuple[int, float]:
+    """The desk's order (avatar.operator.takeover.TakeoverDesk.summaries) over every process:
+    waiting (longest first), then held by operators, then the AI's (most upset first)."""
+    control = item.get("control")
+    if control == "waiting":
+        since = item.get("waiting_since")
+        return (0, -(now - since) if isinstance(since, (int, float)) else 0.0)
+    return (1 if control == "operator" else 2, -float(item.get("emotion") or 0.0))
+
+
+async def operator_view(app: web.Application, operator: str) -> tuple[list[str], list[dict[str, Any]]]:
+    """What an operator's desk shows: the sessions ``operator`` holds and every live session of
+    every process, most urgent first."""
+    from avatar.server.operator_routes import OPERATORS
+
+    desk = app[OPERATORS].desk
+    sessions = desk.summaries()
+    cluster = app.get(CLUSTER)
+    if cluster is not None:
+        try:
+            remote = await cluster.sessions()
+        except ClusterUnavailable as exc:
+            log.warning("the session list shows this process only: %s", exc)
+            remote = []
+        if remote:
+            now = time.time()
+            for item in remote:
+                if isinstance(item.get("waiting_since"), (int, float)):
+                    item["waited"] = round(now - item["waiting_since"], 1)
+            local_ids = {s["session_id"] for s in sessions}
+            sessions = sorted(
+                sessions + [s for s in remote if s.get("session_id") not in local_ids],
+                key=lambda s: _urgency(s, now),
+            )
+    held = [str(s["session_id"]) for s in sessions if s.get("holder") == operator]
+    return held, sessions
+
+
+# -- forwarding ------------------------------------------------------------------------------------
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def cluster_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    cluster = request.app.get(CLUSTER)
+    if cluster is None or isinstance(cluster, LocalCluster):
+        return await handler(request)
+    from avatar.cluster.tokens import RedisTokenBook
+    from avatar.server.auth import bearer_token
+    from avatar.server.operator_routes import OPERATORS
+
+    peer_secret = request.headers.get(SECRET_HEADER)
+    if peer_secret is not None and not hmac.compare_digest(peer_secret.encode(), cluster.secret.encode()):
+        return _json_error(403, "invalid cluster secret")
+    forwarded = peer_secret is not None
+    tokens = request.app[OPERATORS].tokens if OPERATORS in request.app else None
+    token = bearer_token(request)
+    if isinstance(tokens, RedisTokenBook) and token is not None:
+        await tokens.prefetch(token)  # a sign-in made on another process a moment ago
+    if not forwarded:
+        forward = await _route_elsewhere(request, cluster)
+        if forward is not None:
+            return forward
+    response = await handler(request)
+    if isinstance(tokens, RedisTokenBook):
+        await tokens.drain()  # what this request wrote (a sign-in, a sign-out) is shared before it is answered
+    return response
+
+
+async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.StreamResponse | None:
+    """The answer of the process owning the request's session, or None to answer it here."""
+    from avatar.server.app import SESSIONS
+
+    if request.path == _MULTI_SAY and request.method == "POST":
+        return await _multi_say(request, cluster)
+    match = _SESSION_PATH.match(request.path)
+    if match is None or request.app[SESSIONS].get(match.group(1)) is not None:
+        return None
+    session_id = match.group(1)
+    try:
+        owner = await cluster.owner(session_id)
+    except ClusterUnavailable as exc:
+        log.warning("cannot look up the owner of session %s: %s", session_id, exc)
+        if match.group(2) == "transcript":
+            return None  # the stored transcript may still be here
+        return _json_error(503, "the shared session registry is unreachable; try again shortly")
+    if owner is None or owner.id == cluster.node.id:
+        return None
+    return await forward(request, cluster, owner, await request.read() if request.can_read_body else None)
+
+
+async def forward(
+    request: web.Request, cluster: Cluster, owner: Node, body: bytes | None, path: str | None = None
+) -> web.Response:
+    """Send the request (or ``body`` to ``path``) to ``owner`` and relay its answer."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type", "accept")}
+    headers[SECRET_HEADER] = cluster.secret
+    headers[VIA_HEADER] = cluster.node.id
+    if request.remote:
+        headers["X-Forwarded-For"] = request.remote
+    url = owner.url + (path or request.path_qs)
+    try:
+        async with request.app[PEER_HTTP].request(request.method, url, data=body, headers=headers) as resp:
+            payload = await resp.read()
+            answer = web.Response(body=payload, status=resp.status)
+            answer.headers["Content-Type"] = resp.headers.get("Content-Type", "application/json")
+            for name in ("WWW-Authenticate", "Retry-After", "Allow"):
+                if name in resp.headers:
+                    answer.headers[name] = resp.headers[name]
+            return answer
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("forwarding %s %s to %s failed: %s", request.method, request.path, owner.url, exc)
+        return _json_error(502, f"the server process that owns this session ({owner.id}) did not answer")
+
+
+async def _multi_say(request: web.Request, cluster: Cluster) -> web.StreamResponse | None:
+    """``POST /api/operator/say`` naming sessions of other processes: check that the operator
+    holds every one of them (here in the desk, elsewhere in the shared locks), then send each
+    owner its share. Anything this cannot judge (bad JSON, no token) is left to the route."""
+    from avatar.server.app import SESSIONS
+    from avatar.server.auth import bearer_token
+    from avatar.server.operator_routes import OPERATORS
+
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ids = body.get("sessions") if isinstance(body, dict) else None
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        return None
+    ids = list(dict.fromkeys(ids))
+    manager = request.app[SESSIONS]
+    remote = [i for i in ids if manager.get(i) is None]
+    token = bearer_token(request)
+    operator = request.app[OPERATORS].tokens.resolve(token) if token else None
+    if not remote or operator is None:
+        return None
+    desk = request.app[OPERATORS].desk
+    groups: dict[Node, list[str]] = {}
+    missing: list[str] = []
+    not_held: list[str] = []
+    try:
+        for session_id in ids:
+            if session_id in remote:
+                owner = await cluster.owner(session_id)
+                if owner is None:
+                    missing.append(session_id)
+                    continue
+                if await cluster.holder(session_id) != operator:
+                    not_held.append(session_id)
+            else:
+                owner = cluster.node
+                seat = desk.seats.get(session_id)
+                if seat is None or seat.holder != operator:
+                    not_held.append(session_id)
+            groups.setdefault(owner, []).append(session_id)
+    except ClusterUnavailable:
+        return _json_error(503, "the shared session registry is unreachable; try again shortly")
+    if missing:
+        return _json_error(404, f"no live session {', '.join(missing)}")
+    if not_held:
+        return _json_error(409, f"operator {operator!r} does not hold {', '.join(not_held)}")
+    status = "queued"
+    for owner, share in groups.items():
+        answer = await forward(request, cluster, owner, json.dumps({**body, "sessions": share}).encode(), _MULTI_SAY)
+        if answer.status != 200:
+            return answer
+        status = json.loads(answer.body if isinstance(answer.body, bytes) else b"{}").get("status", status)
+    return web.json_response({"status": status, "sessions": ids})
