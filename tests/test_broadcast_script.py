@@ -18,6 +18,7 @@ from avatar.broadcast.script import (
     shipped_names,
 )
 from avatar.clock import FakeClock
+from avatar.operator.takeover import OperatorDriver
 from avatar.session import EchoDriver, Session
 from avatar.speaker import Speaker
 from avatar.stage import Stage
@@ -96,15 +97,6 @@ def test_load_script_from_text(tmp_path: Path) -> None:
 
 
 # -- playback ---------------------------------------------------------------------------------------------
-class Held:
-    """The driver an operator's takeover installs (``avatar.operator.takeover.OperatorDriver``)."""
-
-    name = "operator"
-
-    async def on_customer_text(self, session: Session, text: str) -> None:
-        return None
-
-
 def make_show() -> tuple[FakeClock, Session, StageShow, ToneSource]:
     fake = FakeClock()
     stage = Stage(PlainRenderer(), fake.media_clock(), StillFace(), fps=25)
@@ -175,7 +167,7 @@ async def test_takeover_pauses_script_and_brain_until_handback() -> None:
         show.play(parse_script(SCRIPT))
         await fake.run_for(0.2)
         ai_driver = session.driver
-        session.driver = Held()  # the takeover desk's driver switch
+        session.driver = OperatorDriver("alice", ai_driver, desk=None)  # type: ignore[arg-type]  # the desk's switch
         session.interrupt()  # the desk cuts the current line (takeover_cut)
         show.push(comment("c1", "Bo", "Is the branch open"))
         await fake.run_for(2.0)

@@ -417,15 +417,22 @@ class StageShow:
         }
 
     # -- the loop ---------------------------------------------------------------------------------
-    def _ai_on_air(self) -> bool:
-        """False while an operator holds the stage or it waits for one (the brain keeps quiet)."""
+    def _held(self) -> bool:
+        """Whether the operator desk holds the stage (an operator took it over, or it waits for one)."""
+        from avatar.operator.takeover import HoldingDriver, OperatorDriver
+
+        return isinstance(self.session.driver, OperatorDriver | HoldingDriver)
+
+    def _brain_answers(self) -> bool:
+        """Whether comments are answered without an operator: not while the desk holds the stage,
+        nor on a stage made to be driven by an operator (``"driver": "operator"``)."""
         return getattr(self.session.driver, "name", "") not in ("operator", "waiting")
 
     async def _run(self) -> None:
         while True:
-            if not self._ai_on_air() and self.script_state == "playing":
+            if self._held() and self.script_state == "playing":
                 self.pause_script("takeover")
-            elif self._ai_on_air() and self.script_state == "paused" and self.pause_reason == "takeover":
+            elif not self._held() and self.script_state == "paused" and self.pause_reason == "takeover":
                 self.resume_script()
             if self.session.speaker.busy:  # someone else's line: never cut in
                 await self._wait()
@@ -433,13 +440,13 @@ class StageShow:
             if self._by_hand:
                 await self._answer_by_hand(self._by_hand.popleft())
                 continue
-            if self._ai_on_air():
+            if self._brain_answers():
                 comment = self._picked.popleft() if self._picked else self.queue.pop()
                 if comment is not None:
                     await self._answer(comment)
                     continue
-                if self.script_state == "playing" and await self._script_step():
-                    continue
+            if not self._held() and self.script_state == "playing" and await self._script_step():
+                continue
             await self._wait()
 
     async def _wait(self, until: float | None = None) -> None:
@@ -534,7 +541,7 @@ class StageShow:
             self.position += 1
         elif self.script_state == "playing":
             # Cut by someone else: a takeover, or an interruption. The line is said again on resuming.
-            self.pause_script("takeover" if not self._ai_on_air() else "interrupted")
+            self.pause_script("takeover" if self._held() else "interrupted")
         self._changed()
         return True
 
