@@ -97,6 +97,9 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     from avatar.broadcast import routes as broadcast_routes  # stages and their viewers (issue 7)
 
     broadcast_routes.setup(app)
+    from avatar.broadcast import show_routes  # comments, show scripts, RTMP out (issue 7)
+
+    show_routes.setup(app)
     from avatar.cluster import app as cluster  # several processes through Redis (issue 8)
 
     cluster.setup(app)
