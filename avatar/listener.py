@@ -56,6 +56,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatar.clock import AUDIO_RATE
+from avatar.metrics import SPEECH_END
 from avatar.speaker import Line
 from avatar.speech.asr.base import ASRError, PartialSchedule, SpeechRecognizer, Transcript
 from avatar.speech.asr.prompt import domain_prompt
@@ -675,6 +676,7 @@ class Listener:
             record.answer_started = self.clock.time()
             record.outcome = "cancelled"
             try:
+                SPEECH_END.set(record.speech_end)  # metrics: end of speech -> first audio (this task only)
                 await self.session.customer_text(text)
                 record.outcome = "answered"
             except Exception:
@@ -706,7 +708,7 @@ class Listener:
 
     def _report(self, record: TurnRecord) -> None:
         log.info(
-            "session %s: turn %d %s (%s) speech end %.3f, decided %+.0f ms, recognised %+.0f ms: %r",
+            "session %s: turn %d %s (%s) speech end %.3f, decided %+.0f ms, recognised %+.0f ms: %d words",
             self.session.id,
             record.turn,
             record.outcome,
@@ -714,7 +716,7 @@ class Listener:
             record.speech_end,
             (record.decided_at - record.speech_end) * 1000,
             (record.recognition_done - record.speech_end) * 1000,
-            record.text,
+            len(record.text.split()),  # never the words themselves: no personal data in logs
         )
         if self.on_turn is not None:
             self.on_turn(record)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from avatar.clock import AUDIO_RATE
+from avatar.logs import session_context
 from avatar.speaker import Line, Speaker
 from avatar.stage import Stage
 from avatar.timeline import SpeechChunk
@@ -124,7 +125,8 @@ class Session:
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task[Any]:
         """Run ``coro`` as a task owned by this session (cancelled and awaited on close)."""
-        task = asyncio.create_task(coro, name=f"{name}:{self.id}")
+        # Every line the task logs names this session (avatar.logs: the JSON logs' session_id).
+        task = asyncio.create_task(coro, name=f"{name}:{self.id}", context=session_context(self.id))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task

@@ -11,8 +11,11 @@ from pathlib import Path
 from aiohttp import web
 
 from avatar.config import Settings
-from avatar.server.auth import load_or_create_token
+from avatar.logs import SESSION_ID
+from avatar.metrics import ErrorLogCounter, Metrics
+from avatar.server.auth import load_or_create_token, require_api_token
 from avatar.server.engines import Engines
+from avatar.server.security import ClientLimiter, install_headers, require_origin
 from avatar.server.sessions import SessionManager
 
 log = logging.getLogger(__name__)
@@ -21,6 +24,13 @@ SETTINGS = web.AppKey("settings", Settings)
 ENGINES = web.AppKey("engines", Engines)
 SESSIONS = web.AppKey("sessions", SessionManager)
 API_TOKEN = web.AppKey("api_token", str)
+METRICS = web.AppKey("metrics", Metrics)
+CLIENTS = web.AppKey("clients", ClientLimiter)
+#: Operator routes whose success is counted as a takeover / handback.
+_DESK_ROUTES = {
+    "/api/sessions/{session_id}/takeover": "takeovers",
+    "/api/sessions/{session_id}/handback": "handbacks",
+}
 
 
 def default_web_dir() -> Path:
@@ -38,7 +48,7 @@ async def error_middleware(
     """Every API error is JSON ``{"error": message}``; an unexpected exception is a logged 500,
     never a dropped connection."""
     try:
-        return await handler(request)
+        return await _observed(request, handler)
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -52,7 +62,66 @@ async def error_middleware(
         return resp
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
+        if METRICS in request.app:
+            request.app[METRICS].error("internal")
         return json_error(500, "internal server error")
+
+
+async def _observed(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Run ``handler`` with the request's session id (if it names one) in the logs' context;
+    refuse WebSocket upgrades from foreign origins; count operator takeovers and handbacks."""
+    if request.headers.get("Upgrade", "").lower() == "websocket":
+        require_origin(request, request.app[SETTINGS])
+    session_id = request.match_info.get("session_id")
+    token = SESSION_ID.set(session_id) if session_id else None
+    try:
+        response = await handler(request)
+    finally:
+        if token is not None:
+            SESSION_ID.reset(token)
+    route = request.match_info.route.resource
+    counter = _DESK_ROUTES.get(route.canonical) if route is not None else None
+    if counter is not None and response.status == 200 and METRICS in request.app:
+        getattr(request.app[METRICS], counter).inc()
+    return response
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format; needs the API token unless ``metrics_auth`` is
+    "none"."""
+    if request.app[SETTINGS].metrics_auth == "token":
+        require_api_token(request, request.app[API_TOKEN])
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    body = request.app[METRICS].expose()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Metrics follow the session manager (and the broadcast stages); sessions per client are
+    released when a session ends; ERROR log records are counted."""
+    from avatar.broadcast.stages import STAGES
+
+    metrics = app[METRICS]
+    stages: Callable[[], dict[str, int]] | None = None
+    if STAGES in app:
+        directory = app[STAGES]
+
+        def stages() -> dict[str, int]:
+            return {
+                stage_id: (record.media.viewer_count() if record.media is not None else 0)
+                for stage_id, record in list(directory.stages.items())
+            }
+
+    metrics.bind(app[SESSIONS], stages)
+    clients = app[CLIENTS]
+    app[SESSIONS].on_session_end.append(lambda session: clients.release(session.id))
+    counter = ErrorLogCounter(metrics)
+    logging.getLogger("avatar").addHandler(counter)
+    yield
+    logging.getLogger("avatar").removeHandler(counter)
 
 
 async def _engines_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -92,6 +161,9 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     if engines is not None:
         app[ENGINES] = engines
     app[API_TOKEN] = load_or_create_token(settings.api_token, settings.data_dir)
+    app[METRICS] = Metrics()
+    app[CLIENTS] = ClientLimiter(settings.max_sessions_per_client)
+    install_headers(app, settings)
     app.cleanup_ctx.append(_engines_ctx)
     operator_routes.setup(app)
     from avatar.broadcast import routes as broadcast_routes  # stages and their viewers (issue 7)
@@ -103,5 +175,8 @@ def create_app(settings: Settings, engines: Engines | None = None) -> web.Applic
     from avatar.cluster import app as cluster  # several processes through Redis (issue 8)
 
     cluster.setup(app)
+    app.cleanup_ctx.append(_metrics_ctx)  # after the stage directory exists
+    app.router.add_get("/metrics", metrics_endpoint)
     routes.setup_routes(app, settings.web_dir or default_web_dir())
     return app
+

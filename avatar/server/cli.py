@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +44,18 @@ def run(args: argparse.Namespace) -> int:
 
     from avatar.cli import CliError
     from avatar.cluster.base import ClusterUnavailable
+    from avatar.logs import configure_logging
     from avatar.server.app import create_app
+    from avatar.server.security import ssl_context
 
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=getattr(logging, settings.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("aioice").setLevel(logging.WARNING)
-    logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per recognition otherwise
+    # log_format "json": one object per line with the session id; faster-whisper and aioice are
+    # kept at WARNING (one INFO line per recognition / candidate otherwise).
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        tls = ssl_context(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"configuration: tls_cert/tls_key: cannot load {settings.tls_cert}: {exc}") from exc
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -64,9 +67,12 @@ def run(args: argparse.Namespace) -> int:
         if problem is not None:
             raise CliError(problem)
     app = create_app(settings)
-    print(f"avatar: serving on http://{settings.host}:{settings.port}/ (data in {settings.data_dir.resolve()})", flush=True)
+    scheme = "https" if tls is not None else "http"
+    print(f"avatar: serving on {scheme}://{settings.host}:{settings.port}/ (data in {settings.data_dir.resolve()})", flush=True)
     try:
-        web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5.0)
+        web.run_app(
+            app, host=settings.host, port=settings.port, ssl_context=tls, print=None, shutdown_timeout=5.0
+        )
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc
     except ValueError as exc:  # a knowledge base or avatar that cannot be loaded at start

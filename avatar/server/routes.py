@@ -9,8 +9,9 @@ from typing import Any
 from aiohttp import web
 
 from avatar.render.catalog import UnknownAvatar
-from avatar.server.app import API_TOKEN, ENGINES, SESSIONS, SETTINGS
+from avatar.server.app import API_TOKEN, CLIENTS, ENGINES, SESSIONS, SETTINGS
 from avatar.server.auth import require_api_token
+from avatar.server.security import TooManySessions, client_address, turn_ice_servers
 from avatar.server.sessions import BadOffer, ServerFull
 from avatar.session import MAX_TEXT_CHARS, Session
 
@@ -77,7 +78,7 @@ async def page_config(request: web.Request) -> web.Response:
     ice = [
         {k: v for k, v in {"urls": i.urls, "username": i.username, "credential": i.credential}.items() if v}
         for i in s.ice_servers
-    ]
+    ] + turn_ice_servers(s)  # time-limited TURN credentials (coturn's REST API scheme)
     return web.json_response({"iceServers": ice, "fps": s.fps, "width": s.width, "height": s.height})
 
 
@@ -96,8 +97,13 @@ async def offer(request: web.Request) -> web.Response:
     if mode not in ("call", "mirror"):
         raise web.HTTPBadRequest(text="'mode' must be \"call\" or \"mirror\"")
     manager = request.app[SESSIONS]
+    address = client_address(request, settings.trusted_proxies)
     try:
-        session, answer = await manager.create_from_offer(sdp, sdp_type, avatar, mode)
+        with request.app[CLIENTS].admit(address) as bind:  # max_sessions_per_client
+            session, answer = await manager.create_from_offer(sdp, sdp_type, avatar, mode)
+            bind(session.id)
+    except TooManySessions as exc:
+        raise web.HTTPTooManyRequests(text=str(exc), headers={"Retry-After": "30"}) from exc
     except UnknownAvatar as exc:
         raise web.HTTPNotFound(text=str(exc.args[0] if exc.args else exc)) from exc
     except ServerFull as exc:

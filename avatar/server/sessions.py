@@ -21,6 +21,7 @@ from avatar.drivers import make_driver
 from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
+from avatar.server.security import rate_limited
 from avatar.session import Driver, Session, TTSSpeechSource
 from avatar.speaker import Speaker
 from avatar.stage import Stage
@@ -185,10 +186,12 @@ class SessionManager:
             if channel.label != "events":
                 return
             peer.channel = channel
+            # channel_rate / channel_burst: a flood gets one error event and is dropped.
+            handle = rate_limited(session.handle_message, session.emit, self.settings)
 
             @channel.on("message")
             def on_message(message: str | bytes) -> None:
-                session.handle_message(message)
+                handle(message)
 
             send({"type": "state", "state": session.state})
 
