@@ -30,6 +30,17 @@ class BrainDriver:
         self.engines = engines
         self.context = DialogueContext()
 
+    def note(self, role: str, text: str) -> None:
+        """A turn of this conversation that the brain did not answer or say: the customer's lines
+        and an operator's lines while a human held the session. After a handback the brain
+        continues with the whole conversation in its context (stored redacted, as its own)."""
+        from avatar.brain.compliance import redact
+
+        if role not in ("customer", "assistant"):
+            raise ValueError(f"unknown role {role!r}")
+        if text.strip():
+            self.context.add("customer" if role == "customer" else "assistant", redact(text.strip()))
+
     async def _brain(self, session: Session, lang: str) -> Any:
         if self.engines.brain is not None:
             return self.engines.brain

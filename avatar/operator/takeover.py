@@ -6,10 +6,12 @@ every other move is a ``TransitionError``. One operator holds a session at a tim
 one gets ``HeldByOther`` (HTTP 409). Takeover is a driver switch on the live session; the
 stage, voice and face stay as they are, so the customer cannot tell.
 
-- takeover: the AI's current line is cut at once (``takeover_cut``) or allowed to finish;
-  the session's driver becomes an ``OperatorDriver``, which sends the customer's words to the
-  operators' panel (with the brain's suggested answers) instead of answering.
-- handback: the AI driver instance that was set aside continues, context and all.
+- takeover: the AI's current line is cut at once (``takeover_cut``) or at the end of the word
+  it is saying; the session's driver becomes an ``OperatorDriver``, which sends the customer's
+  words to the operators' panel (with the brain's suggested answers) instead of answering.
+- handback: the AI driver instance that was set aside continues, with the whole conversation
+  in its context: the customer's lines and the operator's lines of the held stretch are
+  added to it as they happen (``note_turn``).
 - waiting: when the brain asks for a human, operators get an alert and the customer hears
   the holding line (again every ``holding_repeat`` seconds while nobody has taken over and
   the avatar is quiet, and in answer to anything the customer says meanwhile).
@@ -23,6 +25,7 @@ to the operators' hub.
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import logging
 import time
@@ -117,13 +120,18 @@ class OperatorDriver:
         self.desk = desk
 
     async def on_customer_text(self, session: Session, text: str) -> None:
-        brain = getattr(self.ai_driver, "brain", None)
         context = getattr(self.ai_driver, "context", None)
-        if brain is None or context is None:
+        engines = getattr(self.ai_driver, "engines", None)
+        brain = getattr(engines, "brain", None)
+        # The customer's turn goes into the AI's own dialogue context (as do the operator's lines,
+        # see TakeoverDesk._on_utterance), so a handback continues the whole conversation.
+        draft_context = copy.deepcopy(context)
+        note_turn(self.ai_driver, "customer", text)
+        if brain is None or draft_context is None:
             return
-        # The brain drafts answers for the operator; nothing is said. The customer's turn goes
-        # into the AI's own dialogue context, so a handback continues the same conversation.
-        reply = await asyncio.to_thread(brain.reply, context, text)
+        # The brain drafts answers for the operator on a copy of the context: nothing is said,
+        # and a draft that was never said must not become part of the conversation.
+        reply = await asyncio.to_thread(brain.reply, draft_context, text)
         session.last_reply = reply.to_dict()
         self.desk.publish_session(session.id)
 
@@ -134,10 +142,12 @@ class HoldingDriver:
 
     name = "waiting"
 
-    def __init__(self, holding_line: str) -> None:
+    def __init__(self, holding_line: str, ai_driver: Driver | None = None) -> None:
         self.holding_line = holding_line
+        self.ai_driver = ai_driver
 
     async def on_customer_text(self, session: Session, text: str) -> None:
+        note_turn(self.ai_driver, "customer", text)
         if self.holding_line:
             session.say(self.holding_line)
 
@@ -164,6 +174,9 @@ class TakeoverDesk:
         self.sleep = sleep
         self.wall_clock = wall_clock
         self.seats: dict[str, Seat] = {}
+        #: Called with (session id, operator) when an operator lets go of a session (handback,
+        #: logout, grace expired): their voice and camera stop driving it.
+        self.on_release: list[Callable[[str, str], None]] = []
         #: Takes the cluster-wide takeover lock for (session id, operator) and returns who holds
         #: it then (avatar.cluster sets it when several processes serve together).
         self.lock: Callable[[str, str], Awaitable[str]] | None = None
@@ -220,7 +233,8 @@ class TakeoverDesk:
         seat.held_since = self.wall_clock()
         seat.waiting_since = None
         session.driver = OperatorDriver(operator, seat.ai_driver, self)
-        cut_line = session.interrupt() if self.cut else None
+        # Cut the AI at once, or let it finish the word it is saying (not the whole line).
+        cut_line = session.interrupt() if self.cut else await session.finish_word()
         detail: dict[str, Any] = {"cut": cut_line.heard_text() if cut_line is not None else None}
         if previous_wait is not None:
             detail["waited"] = round(seat.held_since - previous_wait, 3)
@@ -262,6 +276,12 @@ class TakeoverDesk:
         return released
 
     def _release(self, seat: Seat) -> None:
+        if seat.holder is not None:
+            for listener in list(self.on_release):
+                try:
+                    listener(seat.session.id, seat.holder)
+                except Exception:
+                    log.exception("release listener failed for session %s", seat.session.id)
         if seat.grace is not None:
             seat.grace.cancel()
             seat.grace = None
@@ -279,7 +299,7 @@ class TakeoverDesk:
             return  # already waiting, or an operator is on it
         seat.move(Control.WAITING)
         seat.waiting_since = self.wall_clock()
-        session.driver = HoldingDriver(self.holding_line)
+        session.driver = HoldingDriver(self.holding_line, seat.ai_driver)
         if self.holding_line:
             session.say(self.holding_line)
             seat.holding = session.spawn(self._hold(seat), "holding-line")
@@ -335,6 +355,8 @@ class TakeoverDesk:
         message.pop("id", None)
         if seat is not None:
             seat.last_utterance = {"speaker": entry.speaker, "text": shown, "at": entry.at}
+            if entry.speaker not in ("customer", "ai"):
+                note_turn(seat.ai_driver, "assistant", entry.text)  # an operator's line
         self.hub.publish(message)
         self.publish_session(session.id)
 
@@ -398,6 +420,14 @@ class TakeoverDesk:
         self.store.add_event(kind, session_id, operator, detail).add_done_callback(_log_failure)
         self.hub.publish({"type": "event", "kind": kind, "session_id": session_id, "operator": operator,
                           "detail": detail, "at": self.wall_clock()})
+
+
+def note_turn(driver: Driver | None, role: str, text: str) -> None:
+    """Add a turn the AI did not take to the AI driver's dialogue context (drivers without one,
+    such as the echo driver, keep none)."""
+    note = getattr(driver, "note", None)
+    if note is not None:
+        note(role, text)
 
 
 def _log_failure(future: Future[Any]) -> None:

@@ -18,17 +18,20 @@ from aiohttp import WSMsgType, web
 
 from avatar.brain.compliance import redact
 from avatar.operator.hub import Subscription
+from avatar.operator.live import BadMediaOffer, OperatorMedia
 from avatar.operator.service import OperatorService
 from avatar.operator.takeover import TakeoverError
-from avatar.server.app import API_TOKEN, SESSIONS, SETTINGS, default_web_dir
+from avatar.server.app import API_TOKEN, ENGINES, SESSIONS, SETTINGS, default_web_dir
 from avatar.server.auth import bearer_token, require_api_token
 from avatar.session import MAX_TEXT_CHARS
 
 log = logging.getLogger(__name__)
 
 OPERATORS = web.AppKey("operators", OperatorService)
+OPERATOR_MEDIA = web.AppKey("operator_media", OperatorMedia)
 WS_AUTH_TIMEOUT = 10.0  # seconds a socket may stay open before sending its token
 MAX_SAY_SESSIONS = 50
+HISTORY_SESSIONS = 10  # earlier sessions of a customer shown on the desk
 
 routes = web.RouteTableDef()
 
@@ -145,6 +148,7 @@ async def logout(request: web.Request) -> web.Response:
     token = bearer_token(request)
     assert token is not None  # operator_of checked it
     released = await ops.desk.release_all(name, reason="logout")
+    await request.app[OPERATOR_MEDIA].close_operator(name)
     ops.tokens.revoke(token)
     await asyncio.wrap_future(ops.store.add_event("logout", operator=name, detail={"released": released}))
     return web.json_response({"status": "signed out", "released": released})
@@ -236,6 +240,83 @@ async def say_many(request: web.Request) -> web.Response:
     for session_id in dict.fromkeys(ids):
         desk.seats[session_id].session.say(text, interrupt=interrupt, lang=lang, speaker=name)
     return web.json_response({"status": "speaking" if interrupt else "queued", "sessions": list(dict.fromkeys(ids))})
+
+
+# -- live media: watching a session, driving it by voice or camera --------------------------------
+async def _offer(request: web.Request) -> tuple[str, str]:
+    body = await _json(request)
+    sdp, sdp_type = body.get("sdp"), body.get("type")
+    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
+        raise web.HTTPBadRequest(text="'sdp' must be an SDP offer (a string starting with v=0)")
+    if sdp_type != "offer":
+        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
+    return sdp, sdp_type
+
+
+@routes.post("/api/operator/sessions/{session_id}/watch")
+async def watch(request: web.Request) -> web.Response:
+    """A receive-only WebRTC view of a session for any signed-in operator: the avatar's video and
+    voice as the customer gets them, and the customer's microphone."""
+    name = operator_of(request)
+    sdp, sdp_type = await _offer(request)
+    try:
+        answer = await request.app[OPERATOR_MEDIA].watch(request.match_info["session_id"], name, sdp, sdp_type)
+    except TakeoverError as exc:
+        raise _conflict(exc) from exc
+    except BadMediaOffer as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+
+
+@routes.post("/api/operator/sessions/{session_id}/drive")
+async def drive(request: web.Request) -> web.Response:
+    """The holder's microphone (voice mode) and/or webcam (camera mode) drive the avatar."""
+    name = operator_of(request)
+    sdp, sdp_type = await _offer(request)
+    try:
+        answer = await request.app[OPERATOR_MEDIA].drive(request.match_info["session_id"], name, sdp, sdp_type)
+    except TakeoverError as exc:
+        raise _conflict(exc) from exc
+    except BadMediaOffer as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+
+
+@routes.delete("/api/operator/sessions/{session_id}/{kind:watch|drive}")
+async def stop_media(request: web.Request) -> web.Response:
+    """Close the operator's watch (or drive) peer for a session."""
+    name = operator_of(request)
+    media = request.app[OPERATOR_MEDIA]
+    peers = media.find(request.match_info["kind"], request.match_info["session_id"], name)
+    for peer in peers:
+        await media.close(peer)
+    return web.json_response({"status": "closed", "closed": len(peers)})
+
+
+@routes.get("/api/operator/sessions/{session_id}/history")
+async def history(request: web.Request) -> web.Response:
+    """The customer's earlier sessions (same customer id), most recent first, with their
+    utterances (redacted as stored)."""
+    operator_of(request)
+    ops = request.app[OPERATORS]
+    session_id = request.match_info["session_id"]
+    live = request.app[SESSIONS].get(session_id)
+    if live is None:
+        raise web.HTTPNotFound(text=f"no live session {session_id!r}")
+    customer_id = live.customer_id
+    earlier: list[dict[str, Any]] = []
+    if customer_id is not None:
+        ids = await asyncio.to_thread(ops.store.customer_sessions, customer_id, HISTORY_SESSIONS + 1)
+        for sid in [i for i in ids if i != session_id][:HISTORY_SESSIONS]:
+            utterances = await asyncio.to_thread(ops.store.transcript, sid)
+            earlier.append({
+                "session_id": sid,
+                "started": min((u.started for u in utterances), default=None),
+                "ended": max((u.ended for u in utterances), default=None),
+                "utterances": [u.to_dict() for u in utterances],
+            })
+    return web.json_response({"session_id": session_id, "customer_id": customer_id, "sessions": earlier},
+                             dumps=_dumps)
 
 
 # -- the event socket ------------------------------------------------------------------------------
@@ -331,9 +412,11 @@ def setup(app: web.Application) -> None:
         manager = app[SESSIONS]
         manager.on_session_start.append(ops.desk.attach)
         manager.on_session_end.append(ops.desk.detach)
+        app[OPERATOR_MEDIA] = media = OperatorMedia(manager, ops.desk, app[ENGINES])
         yield
         # Close the sessions first so their last (cut) lines are recorded, then the store.
         await manager.close_all()
+        await media.close_all()
         ops.close()
 
     app.cleanup_ctx.append(ctx)
@@ -346,4 +429,4 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/operator", page)
 
 
-__all__ = ["OPERATORS", "authorize_say", "operator_of", "setup"]
+__all__ = ["OPERATORS", "OPERATOR_MEDIA", "authorize_say", "operator_of", "setup"]
