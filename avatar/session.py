@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 1000
 #: How long closing a session waits for its tasks to stop.
 CLOSE_TIMEOUT = 5.0
+#: One audio frame on the wire (the audio track reads this far ahead of the clock).
+AUDIO_FRAME_S = 0.02
 
 
 class Driver(Protocol):
@@ -98,6 +100,7 @@ class Session:
         self.last_reply: dict[str, Any] | None = None  # the brain's last reply (for operators)
         self.handoff_reason: str | None = None  # set while the session waits for a human
         self.customer_id: str | None = None  # the bank's customer id, when the page passes one
+        self._lines: list[Line] = []  # lines said and not yet finished (word boundaries)
         # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
         self.recorders: list[Callable[[Session, TranscriptEntry], None]] = []
         self.handoff_listeners: list[Callable[[Session, str], None]] = []
@@ -154,7 +157,40 @@ class Session:
 
     # -- speech ----------------------------------------------------------------------------
     def say(self, text: str, interrupt: bool = False, lang: str | None = None, speaker: str = "ai") -> Line:
-        return self.speaker.say(text, lang=lang, interrupt=interrupt, speaker=speaker)
+        line = self.speaker.say(text, lang=lang, interrupt=interrupt, speaker=speaker)
+        self._lines = [x for x in self._lines if x.done is None or not x.done.done()] + [line]
+        return line
+
+    def word_end(self, within: float = 1.0) -> float | None:
+        """Stage-clock time when the word playing now ends (None when no word is playing: between
+        sentences, or before the first audio). Capped at ``within`` seconds from now."""
+        clock = self.stage.clock
+        now = clock.time()
+        for line in self._lines:
+            for seg in line.segments:
+                if seg.cut_at is not None or not seg.start_time <= now < seg.end_time:
+                    continue
+                into = now - seg.start_time
+                ends = [w.end for w in seg.chunk.words if w.end > into]
+                if not ends:
+                    return None  # trailing silence of the sentence
+                return seg.start_time + min(min(ends), into + within)
+        return None
+
+    async def finish_word(self, within: float = 1.0) -> Line | None:
+        """Stop the avatar at the end of the word it is saying (not the whole line): the
+        driver's answer in progress is cancelled at once, so nothing new is queued; the cut
+        itself (``interrupt``) lands on the word boundary. Returns the line that was cut."""
+        current = asyncio.current_task()
+        for task in list(self._replies):
+            if task is not current and not task.done():
+                task.cancel()
+        end = self.word_end(within)
+        if end is not None:
+            # The audio track reads one 20 ms frame ahead of the clock: cut that much early so the
+            # fade starts on the boundary.
+            await self.stage.clock.sleep_until(end - AUDIO_FRAME_S)
+        return self.interrupt()
 
     def interrupt(self) -> Line | None:
         """Stop the avatar at once: cancel the driver's answer in progress (so it cannot queue

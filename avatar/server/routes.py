@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from avatar.server.sessions import BadOffer, ServerFull
 from avatar.session import MAX_TEXT_CHARS, Session
 
 routes = web.RouteTableDef()
+
+#: A bank's customer id as the page may pass it (stored with the transcript; no free text).
+CUSTOMER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -96,11 +100,14 @@ async def offer(request: web.Request) -> web.Response:
     mode = field(body, "mode", str, required=False) or "call"
     if mode not in ("call", "mirror"):
         raise web.HTTPBadRequest(text="'mode' must be \"call\" or \"mirror\"")
+    customer_id = field(body, "customer_id", str, required=False)
+    if customer_id is not None and not CUSTOMER_ID.fullmatch(customer_id):
+        raise web.HTTPBadRequest(text="'customer_id' must be 1 to 64 letters, digits, '.', '_', '-', ':' or '@'")
     manager = request.app[SESSIONS]
     address = client_address(request, settings.trusted_proxies)
     try:
         with request.app[CLIENTS].admit(address) as bind:  # max_sessions_per_client
-            session, answer = await manager.create_from_offer(sdp, sdp_type, avatar, mode)
+            session, answer = await manager.create_from_offer(sdp, sdp_type, avatar, mode, customer_id)
             bind(session.id)
     except TooManySessions as exc:
         raise web.HTTPTooManyRequests(text=str(exc), headers={"Retry-After": "30"}) from exc
