@@ -32,7 +32,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from avatar.cluster.base import ClusterUnavailable, Listener, Node
 
@@ -80,15 +84,17 @@ class RedisCluster:
         self.held_locks = held_locks or dict
         self.on_reset: list[Callable[[], Awaitable[None]]] = []
         self.on_reconnect: list[Callable[[], Awaitable[None]]] = []
+        # A pooled connection that Redis closed (a restart) is retried on a fresh one at once.
         self.redis: aioredis.Redis = aioredis.Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10
+            url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=5.0, health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self._listeners: dict[str, list[Listener]] = {}
         self._outbound: asyncio.Queue[Write] = asyncio.Queue(maxsize=OUTBOUND_LIMIT)
         self._tasks: list[asyncio.Task[None]] = []
         self._tracked: set[str] = set()
         self._run_id: str | None = None
-        self._connected = False
         self._write_failing = False
         self._idle = asyncio.Event()
         self._idle.set()
@@ -108,7 +114,6 @@ class RedisCluster:
         except (RedisError, OSError) as exc:
             await self.redis.aclose()
             raise ClusterUnavailable(f"cannot reach Redis at {describe_url(self.url)}: {exc}") from exc
-        self._connected = True
         pubsub_ready = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._drain(), name="cluster-writes"),
@@ -179,45 +184,26 @@ class RedisCluster:
                     self._idle.set()
 
     async def _subscriber(self, ready: asyncio.Event) -> None:
-        """Receive the other processes' messages; reconnect with back-off when Redis goes."""
+        """Receive the other processes' messages. redis-py re-subscribes by itself after a short
+        outage; a longer one ends up here, and the channel is subscribed again with back-off."""
         delay = 0.2
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.key("events"))
                 ready.set()
-                if not self._connected:
-                    await self._came_back()
                 delay = 0.2
                 while True:
                     raw = await pubsub.get_message(timeout=1.0)
                     if raw is not None:
                         self._dispatch(raw.get("data"))
             except (RedisError, OSError) as exc:
-                if self._connected:
-                    log.warning("cluster: lost Redis (%s); sessions carry on here, retrying", exc)
-                self._connected = False
+                log.debug("cluster: the events channel dropped (%s); subscribing again", exc)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-    async def _came_back(self) -> None:
-        run_id = await self._server_run_id()
-        reset = run_id != self._run_id
-        self._run_id = run_id
-        self._connected = True
-        log.info("cluster: Redis is back (%s)", "restarted empty: republishing" if reset else "same data")
-        if reset and self._configured_secret is None:
-            # Peers keep the secret they read at start; put it back so new processes learn the same one.
-            await self.redis.set(self.key("secret"), self.secret, nx=True)
-        await self._beat()
-        for hook in list(self.on_reset if reset else self.on_reconnect):
-            try:
-                await hook()
-            except (RedisError, OSError) as exc:
-                log.warning("cluster: could not restore state after reconnecting: %s", exc)
 
     def _dispatch(self, data: Any) -> None:
         try:
@@ -240,12 +226,32 @@ class RedisCluster:
 
     # -- heartbeat ------------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
+        """Every beat: notice a Redis that restarted (another ``run_id``) or came back after an
+        outage, and put this process's state back."""
+        failing = False
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
+                run_id = await self._server_run_id()
+                reset = run_id != self._run_id
+                self._run_id = run_id
+                if reset and self._configured_secret is None:
+                    # Peers keep the secret they read at start; put it back for processes that start now.
+                    await self.redis.set(self.key("secret"), self.secret, nx=True)
                 await self._beat()
             except (RedisError, OSError) as exc:
-                log.debug("cluster: heartbeat failed: %s", exc)
+                if not failing:
+                    log.warning("cluster: lost Redis (%s); sessions carry on here, retrying", exc)
+                failing = True
+                continue
+            if reset or failing:
+                log.info("cluster: Redis is back (%s)", "restarted empty: state republished" if reset else "same data")
+                for hook in list(self.on_reset if reset else self.on_reconnect):
+                    try:
+                        await hook()
+                    except (RedisError, OSError) as exc:
+                        log.warning("cluster: could not restore state after reconnecting: %s", exc)
+            failing = False
 
     async def _beat(self) -> None:
         """Say this node is alive; re-publish its sessions and refresh its held locks."""
