@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "avatar.operator.cli",
     "avatar.brain.cli",
     "avatar.config_cli",
+    "avatar.broadcast.cli",
 )
 
 

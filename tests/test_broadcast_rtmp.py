@@ -219,3 +219,39 @@ async def test_reconnects_after_the_server_restarts(
     assert (await client.delete(f"/api/stages/{stage_id}", headers=auth)).status == 200
     directory = client.app[SHOWS]
     await wait_until(lambda: stage_id not in directory.stages)
+
+
+async def test_cli_pushes_through_a_running_server(
+    client: TestClient, auth: dict[str, str], rtmp_server: RtmpServer, tmp_path: Path,  # type: ignore[type-arg]
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from avatar.cli import main
+    from tests.conftest import API_TOKEN
+
+    stage_id = await new_stage(client, auth)
+    server = str(client.make_url("")).rstrip("/")
+    url = rtmp_server.url("cli")
+    # The token is found in <data_dir>/api_token when no flag or variable gives it.
+    data_dir = tmp_path / "server-data"
+    data_dir.mkdir()
+    (data_dir / "api_token").write_text(API_TOKEN + "\n")
+    argv = ["broadcast", "--stage", stage_id, "--rtmp", url, "--server", server, "--data-dir", str(data_dir), "--detach"]
+    assert await asyncio.to_thread(main, argv) == 0
+    output_id = capsys.readouterr().out.strip()
+    state = await wait_for_state(client, auth, stage_id, lambda s: s["state"] == "live")
+    assert state["output_id"] == output_id
+    stop = ["broadcast", "--stage", stage_id, "--stop", output_id, "--server", server, "--token", API_TOKEN]
+    assert await asyncio.to_thread(main, stop) == 0
+    assert f"output {output_id} stopped" in capsys.readouterr().out
+    assert (await (await client.get(f"/api/stages/{stage_id}/outputs", headers=auth)).json())["outputs"] == []
+
+    # Mistakes: one line on stderr, exit code 2.
+    for args, message in [
+        (["--stage", stage_id, "--rtmp", "http://x/live/k", "--server", server, "--token", API_TOKEN], "--rtmp must"),
+        (["--stage", "nope", "--rtmp", url, "--server", server, "--token", API_TOKEN], "(404): no live broadcast"),
+        (["--stage", stage_id, "--rtmp", url, "--server", server, "--token", "wrong"], "(401)"),
+        (["--stage", stage_id, "--rtmp", url, "--server", server, "--data-dir", str(tmp_path / "none")], "no API token"),
+    ]:
+        assert await asyncio.to_thread(main, ["broadcast", *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert message in err and len(err.splitlines()) == 1, err
