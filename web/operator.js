@@ -1,6 +1,8 @@
 // The operator's desk: sign in, watch every live session (most urgent first), open one to
-// read its transcript and the brain's suggested replies, take it over, type what the avatar
-// says in its own voice, hand it back. Live updates come over /api/operator/ws.
+// see and hear it (the avatar's video and voice, the customer's microphone, over WebRTC), read
+// its transcript, the customer's earlier sessions and the brain's suggested replies, take it
+// over, type what the avatar says in its own voice (or speak it: voice mode; or drive the face
+// from the webcam: camera mode), hand it back. Live updates come over /api/operator/ws.
 "use strict";
 
 (() => {
@@ -12,11 +14,17 @@
     detail: $("detail"), title: $("detail-title"), control: $("detail-control"), reason: $("detail-reason"),
     takeover: $("takeover"), handback: $("handback"), transcript: $("transcript"), suggestions: $("suggestions"),
     sayForm: $("say-form"), sayText: $("say-text"), sayInterrupt: $("say-interrupt"), detailError: $("detail-error"),
+    watchVideo: $("watch-video"), watchCustomer: $("watch-customer"), watchState: $("watch-state"),
+    voiceMode: $("voice-mode"), cameraMode: $("camera-mode"), modeState: $("mode-state"),
+    history: $("history"), historyId: $("history-id"), historyList: $("history-list"),
   };
   const TOKEN_KEY = "avatar.operatorToken";
   // Observable state for people debugging and for the end-to-end tests.
   const panel = window.operatorPanel = {
     operator: null, connected: false, sessions: {}, selected: null, transcripts: {}, alerts: [], errors: [],
+    watch: null,  // {sessionId, pc, state}: the live view of the open session
+    drive: { sessionId: null, voice: false, camera: false, state: "off" },  // voice and camera modes
+    history: {},  // session id -> the customer's earlier sessions
   };
   const checked = new Set();
   let token = sessionStorage.getItem(TOKEN_KEY);
@@ -60,6 +68,7 @@
   });
 
   function signedOut(message) {
+    stopWatch(); stopDrive();
     token = null; sessionStorage.removeItem(TOKEN_KEY);
     if (ws) { ws.onclose = null; ws.close(); ws = null; }
     clearTimeout(retry);
@@ -182,10 +191,14 @@
 
   // -- one session ------------------------------------------------------------------------------------
   async function openSession(id) {
+    const again = panel.selected === id;
     panel.selected = id;
     renderList();
     ui.detail.hidden = false;
+    if (panel.drive.sessionId && panel.drive.sessionId !== id) stopDrive();
     renderDetail();
+    if (!again || !panel.watch) startWatch(id).catch((e) => showDetailError(`Live view: ${e.message}`));
+    loadHistory(id).catch((e) => showDetailError(`History: ${e.message}`));
     try {
       const data = await api("GET", `/api/sessions/${encodeURIComponent(id)}/transcript`);
       if (panel.selected !== id) return;
@@ -195,7 +208,151 @@
     } catch (e) { showDetailError(e.message); }
   }
 
-  function closeDetail() { panel.selected = null; ui.detail.hidden = true; renderList(); }
+  function closeDetail() { stopWatch(); stopDrive(); panel.selected = null; ui.detail.hidden = true; renderList(); }
+
+  // -- live view: the avatar as the customer sees and hears it, and the customer's microphone -----------
+  let iceServers = null;
+  async function peer() {
+    if (iceServers === null) {
+      try { iceServers = (await (await fetch("/api/config")).json()).iceServers || []; } catch (e) { iceServers = []; }
+    }
+    return new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
+  }
+
+  function gathered(pc) {
+    if (pc.iceGatheringState === "complete") return Promise.resolve();
+    return new Promise((resolve) => {
+      pc.addEventListener("icegatheringstatechange", () => { if (pc.iceGatheringState === "complete") resolve(); });
+      setTimeout(resolve, 3000);  // an unreachable STUN/TURN server must not hold the view up
+    });
+  }
+
+  async function startWatch(id) {
+    stopWatch();
+    const pc = await peer();
+    const watch = panel.watch = { sessionId: id, pc, state: "connecting" };
+    pc.addTransceiver("audio", { direction: "recvonly" });  // the avatar's voice
+    const customer = pc.addTransceiver("audio", { direction: "recvonly" });  // the customer's microphone
+    pc.addTransceiver("video", { direction: "recvonly" });
+    const view = new MediaStream();
+    pc.ontrack = (ev) => {
+      if (ev.transceiver === customer) {
+        ui.watchCustomer.srcObject = new MediaStream([ev.track]);
+        ui.watchCustomer.play().catch(() => {});
+        return;
+      }
+      view.addTrack(ev.track);
+      ui.watchVideo.srcObject = view;
+      ui.watchVideo.play().catch(() => {});
+    };
+    pc.onconnectionstatechange = () => {
+      watch.state = pc.connectionState;
+      if (panel.watch === watch) ui.watchState.textContent = watch.state === "connected" ? "live" : watch.state;
+    };
+    ui.watchState.textContent = "connecting…";
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const answer = await api("POST", `/api/operator/sessions/${encodeURIComponent(id)}/watch`,
+      { sdp: pc.localDescription.sdp, type: "offer" });
+    if (panel.watch !== watch) { pc.close(); return; }
+    await pc.setRemoteDescription(answer);
+  }
+
+  function stopWatch() {
+    const watch = panel.watch;
+    panel.watch = null;
+    ui.watchVideo.srcObject = null; ui.watchCustomer.srcObject = null;
+    ui.watchState.textContent = "not connected";
+    if (!watch) return;
+    watch.pc.close();
+    if (token) api("DELETE", `/api/operator/sessions/${encodeURIComponent(watch.sessionId)}/watch`).catch(() => {});
+  }
+
+  // -- voice and camera modes: the operator's microphone and webcam drive the avatar ----------------------
+  const driveTracks = { voice: null, camera: null };
+  let drivePc = null;
+
+  async function setMode(kind, on) {
+    const id = panel.selected;
+    showDetailError("");
+    try {
+      if (on && !driveTracks[kind]) {
+        const stream = await navigator.mediaDevices.getUserMedia(kind === "voice"
+          ? { audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true } }
+          : { video: { width: { ideal: 640 }, height: { ideal: 480 } } });
+        driveTracks[kind] = stream.getTracks()[0];
+      } else if (!on && driveTracks[kind]) {
+        driveTracks[kind].stop(); driveTracks[kind] = null;
+      }
+      await connectDrive(id);
+    } catch (e) {
+      if (driveTracks[kind]) { driveTracks[kind].stop(); driveTracks[kind] = null; }
+      showDetailError(`${kind === "voice" ? "Voice" : "Camera"} mode: ${e.message}`);
+      await connectDrive(id).catch(() => {});
+    }
+    renderModes();
+  }
+
+  async function connectDrive(id) {
+    if (drivePc) { drivePc.close(); drivePc = null; }
+    const tracks = Object.values(driveTracks).filter(Boolean);
+    panel.drive = { sessionId: tracks.length ? id : null, voice: !!driveTracks.voice, camera: !!driveTracks.camera, state: "off" };
+    // Your own voice coming back from the avatar would be an echo in your ears: the view is muted meanwhile.
+    ui.watchVideo.muted = !!driveTracks.voice;
+    if (!tracks.length) {
+      api("DELETE", `/api/operator/sessions/${encodeURIComponent(id)}/drive`).catch(() => {});
+      return;
+    }
+    const pc = drivePc = await peer();
+    for (const track of tracks) pc.addTransceiver(track, { direction: "sendonly" });
+    pc.onconnectionstatechange = () => { if (drivePc === pc) { panel.drive.state = pc.connectionState; renderModes(); } };
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc);
+    const answer = await api("POST", `/api/operator/sessions/${encodeURIComponent(id)}/drive`,
+      { sdp: pc.localDescription.sdp, type: "offer" });
+    if (drivePc !== pc) return;
+    await pc.setRemoteDescription(answer);
+    panel.drive.state = "connecting";
+  }
+
+  function stopDrive() {
+    for (const kind of ["voice", "camera"]) if (driveTracks[kind]) { driveTracks[kind].stop(); driveTracks[kind] = null; }
+    if (drivePc) { drivePc.close(); drivePc = null; }
+    panel.drive = { sessionId: null, voice: false, camera: false, state: "off" };
+    ui.watchVideo.muted = false;
+    renderModes();
+  }
+
+  function renderModes() {
+    ui.voiceMode.setAttribute("aria-pressed", String(panel.drive.voice));
+    ui.cameraMode.setAttribute("aria-pressed", String(panel.drive.camera));
+    const on = [panel.drive.voice && "your voice", panel.drive.camera && "your face"].filter(Boolean);
+    ui.modeState.textContent = on.length ? `The avatar has ${on.join(" and ")} (${panel.drive.state}).` : "";
+  }
+
+  ui.voiceMode.addEventListener("click", () => setMode("voice", !panel.drive.voice));
+  ui.cameraMode.addEventListener("click", () => setMode("camera", !panel.drive.camera));
+
+  // -- the customer's history (earlier sessions with the same customer id) --------------------------------
+  async function loadHistory(id) {
+    ui.history.hidden = true;
+    const s = panel.sessions[id];
+    if (!s || !s.customer_id) return;
+    const data = await api("GET", `/api/operator/sessions/${encodeURIComponent(id)}/history`);
+    if (panel.selected !== id) return;
+    panel.history[id] = data.sessions;
+    ui.historyId.textContent = `(customer ${data.customer_id}: ${data.sessions.length})`;
+    ui.historyList.replaceChildren(...data.sessions.map((past) => {
+      const li = document.createElement("li"); li.className = "past"; li.dataset.sessionId = past.session_id;
+      const when = document.createElement("b");
+      when.textContent = past.started ? new Date(past.started * 1000).toLocaleString() : past.session_id;
+      li.append(when, ...past.utterances.map((u) => {
+        const p = document.createElement("p"); p.textContent = `${u.speaker}: ${u.text}`; return p;
+      }));
+      return li;
+    }));
+    ui.history.hidden = false;
+  }
 
   function renderDetail() {
     const s = panel.sessions[panel.selected];
@@ -207,6 +364,8 @@
     ui.takeover.hidden = mine; ui.takeover.disabled = s.control === "operator";
     ui.handback.hidden = !(mine || s.control === "waiting");
     ui.sayText.disabled = !mine; ui.sayForm.querySelector("button").disabled = !mine;
+    ui.voiceMode.disabled = !mine; ui.cameraMode.disabled = !mine;
+    if (!mine && panel.drive.sessionId === s.session_id) stopDrive();  // handed back, or taken by the grace period
     ui.reason.hidden = !s.handoff_reason; ui.reason.textContent = s.handoff_reason ? `Asks for a human: ${s.handoff_reason}` : "";
     const suggestions = (s.suggestions || []).map((x) => (typeof x === "string" ? x : x.text || x.answer || "")).filter(Boolean);
     ui.suggestions.replaceChildren(...suggestions.map((text) => {
@@ -240,6 +399,7 @@
   });
   ui.handback.addEventListener("click", async () => {
     showDetailError("");
+    stopDrive();
     try { const r = await api("POST", `/api/sessions/${encodeURIComponent(panel.selected)}/handback`); panel.sessions[r.session.session_id] = r.session; renderList(); renderDetail(); }
     catch (e) { showDetailError(e.message); }
   });
