@@ -49,13 +49,13 @@ def run(args: argparse.Namespace) -> int:
     from avatar.server.security import ssl_context
 
     settings = settings_from_args(args)
-    # log_format "json": one object per line with the session id; faster-whisper and aioice are
-    # kept at WARNING (one INFO line per recognition / candidate otherwise).
-    configure_logging(settings.log_level, settings.log_format)
     try:
         tls = ssl_context(settings)
     except (OSError, ssl.SSLError) as exc:
         raise CliError(f"configuration: tls_cert/tls_key: cannot load {settings.tls_cert}: {exc}") from exc
+    # log_format "json": one object per line with the session id; faster-whisper and aioice are
+    # kept at WARNING (one INFO line per recognition / candidate otherwise).
+    configure_logging(settings.log_level, settings.log_format)
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
