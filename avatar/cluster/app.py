@@ -17,6 +17,7 @@ Without ``redis_url`` the process is a ``LocalCluster`` and nothing changes. Wit
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -41,9 +42,14 @@ PEER_HTTP = web.AppKey("cluster_http", aiohttp.ClientSession)
 SECRET_HEADER = "X-Avatar-Cluster"  # the cluster secret: this request was forwarded by a peer
 VIA_HEADER = "X-Avatar-Via"  # the node that forwarded it
 FORWARD_TIMEOUT = 15.0
+PRESENCE_TOPIC = "presence"
+PRESENCE_INTERVAL = 1.0  # seconds between presence announcements (grace periods are tens of seconds)
 
-_SESSION_PATH = re.compile(r"^/api/sessions/([^/]+)(?:/(say|interrupt|takeover|handback|transcript))?/?$")
+#: Everything about one session or broadcast stage (a stage is a session): its commands, its
+#: transcript, a stage's viewers' offers, comments, show script and outputs.
+_SESSION_PATH = re.compile(r"^/api/(?:sessions|stages)/([^/]+)(/.*)?$")
 _MULTI_SAY = "/api/operator/say"
+_LOGOUT = "/api/operator/logout"
 
 
 def node_for(settings: Settings) -> Node:
@@ -142,16 +148,82 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
             return operator
 
     desk.lock = lock
+    presence = Presence(cluster, ops.hub)
     try:
         yield
     finally:
         # Close this process's sessions while the cluster still hears about it, then leave.
         await app[SESSIONS].close_all()
+        await presence.close()
         desk.lock = None
         with contextlib.suppress(ValueError):
             ops.hub.relays.remove(relay)
         await cluster.close()
         await app[PEER_HTTP].close()
+
+
+class Presence:
+    """Which operators have a desk open on which process. Each process announces its own (on
+    every change of its hub's presence, and every ``interval`` seconds); a process not heard from
+    for three intervals counts as gone. When an operator's presence changes anywhere, the hub's
+    presence listeners run here too: the takeover desk starts (or cancels) the grace period of
+    the sessions this process owns that they hold."""
+
+    def __init__(self, cluster: Any, hub: Any, interval: float = PRESENCE_INTERVAL) -> None:
+        self.cluster = cluster
+        self.hub = hub
+        self.interval = interval
+        self.remote: dict[str, tuple[float, frozenset[str]]] = {}  # node -> (heard at, operators)
+        self.status: dict[str, bool] = {}  # the presence the listeners were last told
+        hub.elsewhere = self.elsewhere
+        hub.on_presence.append(self._local_change)
+        cluster.subscribe(PRESENCE_TOPIC, self._heard)
+        self.task = asyncio.create_task(self._run(), name="cluster-presence")
+
+    def elsewhere(self, operator: str) -> bool:
+        limit = time.monotonic() - 3 * self.interval
+        return any(operator in names for heard, names in self.remote.values() if heard >= limit)
+
+    def announce(self) -> None:
+        self.cluster.publish(PRESENCE_TOPIC, {"node": self.cluster.node.id, "online": self.hub.operators_online()})
+
+    def _local_change(self, operator: str, online: bool) -> None:
+        self.status[operator] = online
+        self.announce()
+
+    def _heard(self, message: dict[str, Any]) -> None:
+        node, names = message.get("node"), message.get("online")
+        if isinstance(node, str) and isinstance(names, list):
+            self.remote[node] = (time.monotonic(), frozenset(n for n in names if isinstance(n, str)))
+            self.reconcile()
+
+    def reconcile(self) -> None:
+        limit = time.monotonic() - 3 * self.interval
+        for node in [n for n, (heard, _) in self.remote.items() if heard < limit]:
+            del self.remote[node]  # that process is gone: its desks with it
+        seen = set(self.status).union(*(names for _, names in self.remote.values()))
+        for operator in sorted(seen):
+            online = self.hub.online(operator)
+            if self.status.get(operator, False) != online:
+                self.status[operator] = online
+                for listener in list(self.hub.on_presence):
+                    if listener != self._local_change:
+                        listener(operator, online)
+
+    async def _run(self) -> None:
+        while True:
+            self.announce()
+            self.reconcile()
+            await asyncio.sleep(self.interval)
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        self.hub.elsewhere = None
+        with contextlib.suppress(ValueError):
+            self.hub.on_presence.remove(self._local_change)
+        self.cluster.publish(PRESENCE_TOPIC, {"node": self.cluster.node.id, "online": []})
 
 
 async def _unlock_write(cluster: Any, session_id: str, operator: str) -> None:
@@ -234,6 +306,9 @@ async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.Stream
 
     if request.path == _MULTI_SAY and request.method == "POST":
         return await _multi_say(request, cluster)
+    if request.path == _LOGOUT and request.method == "POST":
+        await _release_elsewhere(request, cluster)
+        return None  # the route signs out and releases this process's sessions
     match = _SESSION_PATH.match(request.path)
     if match is None or request.app[SESSIONS].get(match.group(1)) is not None:
         return None
@@ -242,7 +317,7 @@ async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.Stream
         owner = await cluster.owner(session_id)
     except ClusterUnavailable as exc:
         log.warning("cannot look up the owner of session %s: %s", session_id, exc)
-        if match.group(2) == "transcript":
+        if match.group(2) == "/transcript":
             return None  # the stored transcript may still be here
         return _json_error(503, "the shared session registry is unreachable; try again shortly")
     if owner is None or owner.id == cluster.node.id:
@@ -328,3 +403,28 @@ async def _multi_say(request: web.Request, cluster: Cluster) -> web.StreamRespon
             return answer
         status = json.loads(answer.body if isinstance(answer.body, bytes) else b"{}").get("status", status)
     return web.json_response({"status": status, "sessions": ids})
+
+
+async def _release_elsewhere(request: web.Request, cluster: Cluster) -> None:
+    """Signing out hands back what the operator holds on every process: the route releases this
+    process's sessions; the others' are handed back here first, while the token is still valid."""
+    from avatar.server.auth import bearer_token
+    from avatar.server.operator_routes import OPERATORS
+
+    token = bearer_token(request)
+    operator = request.app[OPERATORS].tokens.resolve(token) if token else None
+    if operator is None:
+        return
+    try:
+        remote = [s for s in await cluster.sessions() if s.get("holder") == operator]
+        for summary in remote:
+            session_id = str(summary["session_id"])
+            owner = await cluster.owner(session_id)
+            if owner is not None and owner.id != cluster.node.id:
+                answer = await forward(request, cluster, owner, b"", f"/api/sessions/{session_id}/handback")
+                if answer.status != 200:
+                    log.warning("sign-out of %s: %s did not hand back %s (%d)", operator, owner.id, session_id,
+                                answer.status)
+    except ClusterUnavailable as exc:
+        log.warning("sign-out of %s: the sessions held on other processes stay held until their grace ends: %s",
+                    operator, exc)

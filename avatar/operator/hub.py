@@ -60,6 +60,9 @@ class OperatorHub:
         #: Called with every published (message, operator): the cluster relays them to the
         #: operators connected to other server processes (avatar.cluster).
         self.relays: list[Callable[[dict[str, Any], str | None], None]] = []
+        #: Whether an operator has a desk open on another server process (set by avatar.cluster),
+        #: so presence and grace periods follow the operator, not one process's sockets.
+        self.elsewhere: Callable[[str], bool] | None = None
 
     def subscribe(self, operator: str) -> Subscription:
         first = not self.online(operator)
@@ -77,6 +80,10 @@ class OperatorHub:
             self._presence(sub.operator, False)
 
     def online(self, operator: str) -> bool:
+        """Whether ``operator`` has a desk open here or (in a cluster) on another process."""
+        return self.online_here(operator) or (self.elsewhere is not None and self.elsewhere(operator))
+
+    def online_here(self, operator: str) -> bool:
         return any(s.operator == operator for s in self._subs)
 
     def operators_online(self) -> list[str]:
