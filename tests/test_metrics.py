@@ -4,6 +4,7 @@ and the reply-latency observer on a fake clock."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +163,21 @@ def test_bounded_labels() -> None:
     assert bounded_label("Alice asked for a person") == "other"
     assert bounded_label("x" * 40) == "other"
     assert bounded_label(None) == "other"
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+async def test_the_readme_documents_every_metric(aiohttp_client: Any, engines: Engines, tmp_path: Path) -> None:
+    from avatar.server.app import create_app
+
+    app = create_app(make_settings(tmp_path, metrics_auth="none"), engines=engines)
+    client = await aiohttp_client(app)
+    families = text_string_to_metric_families(await (await client.get("/metrics")).text())
+    # prometheus_client's standard "<counter>_created" timestamps are not metrics of their own.
+    exposed = {f.name for f in families if not f.name.endswith("_created")}
+    readme = README.read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `(avatar_[a-z_]+)` \|", readme, flags=re.MULTILINE))
+    # The parser names counters without their _total suffix.
+    documented = {name.removesuffix("_total") for name in documented}
+    assert exposed == documented
