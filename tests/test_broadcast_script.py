@@ -4,7 +4,9 @@ takeover pausing it, resuming, stopping, expressions held while a line plays."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,3 +219,55 @@ async def test_expression_and_gesture_held_while_the_line_plays() -> None:
         assert session.stage.face_override is None
     finally:
         await session.close()
+
+
+class SlowAnswerer:
+    """Answers only when the test lets it (``release``), so a takeover can land while it thinks."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def answer(self, comment: Comment) -> tuple[str, str] | None:
+        await self.release.wait()
+        return "An answer", "en"
+
+
+async def test_takeover_while_the_brain_thinks_keeps_the_comment_for_the_operator() -> None:
+    fake, session, show, source = make_show()
+    answerer = SlowAnswerer()
+    show.answerer = answerer
+    try:
+        show.push(comment("c1", "Li", "A question"))
+        await fake.run_for(0.5)
+        assert show.on_air is not None and show.on_air["comment"]["id"] == "c1"
+        ai_driver = session.driver
+        session.driver = OperatorDriver("alice", ai_driver, desk=None)  # type: ignore[arg-type]
+        answerer.release.set()
+        await fake.run_for(1.0)
+        assert source.requests == []  # nothing said under the operator
+        assert [c.id for c in show.waiting()] == ["c1"]  # back at the front of the queue
+        session.driver = ai_driver
+        await fake.run_for(2.0)
+        assert source.requests == ["Li asks: A question?", "An answer"]
+    finally:
+        await session.close()
+
+
+async def test_brain_answerer_uses_a_fresh_context_per_comment() -> None:
+    from types import SimpleNamespace
+
+    from avatar.broadcast.comments import BrainAnswerer
+
+    contexts: list[object] = []
+
+    class Brain:
+        async def areply(self, context: object, text: str) -> Any:
+            contexts.append(context)
+            return SimpleNamespace(text=f"About {text}", lang="en", action="answer")
+
+    answerer = BrainAnswerer(SimpleNamespace(brain=Brain(), brain_loading=None))
+    assert await answerer.answer(comment("c1", "a", "fees")) == ("About fees", "en")
+    assert await answerer.answer(comment("c2", "b", "cards")) == ("About cards", "en")
+    assert len(contexts) == 2 and contexts[0] is not contexts[1]
+    none_loaded = BrainAnswerer(SimpleNamespace(brain=None, brain_loading=None))
+    assert await none_loaded.answer(comment("c3", "c", "x")) is None

@@ -482,6 +482,9 @@ class StageShow:
             if answer is None:
                 self._done(comment, "unanswered")
                 return
+            if not self._brain_answers():
+                self._picked.appendleft(comment)  # an operator took over meanwhile: theirs to handle
+                return
             # Another line may have started while the answer was being written: wait for it.
             while self.session.speaker.busy:
                 await self._wait()
