@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import math
 import os
 import random
@@ -38,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ import _harness as h
 import av
 import numpy as np
 
+from avatar.speech.tts.stream import speak_stream
 from bench._report import write_section  # _harness put the repository on sys.path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -82,7 +84,7 @@ LONG_LINES = (
 @dataclass
 class Turn:
     text: str
-    kind: str  # "short" | "long" | "first"
+    kind: str  # "short" | "long" | "first" | "again" (a line said before: the TTS cache has it)
     sent: float  # monotonic, on the customer
     handled: float = math.nan  # the session got the data-channel message
     synth_start: float = math.nan  # first sentence handed to TTS
@@ -131,12 +133,16 @@ def first_voiced_frame(segment_start: int, audio: np.ndarray) -> int | None:
 
 async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[Turn], dict[str, Any]]:
     """Drive one first turn, then ``turns`` more (half short, half long lines), through one live
-    session; the server warms its voices up at start, so the first turn shows what is left cold."""
+    session; the server warms its voices up at start, so the first turn shows what is left cold.
+    The TTS cache is emptied before each of those turns (every line is synthesised, as a new
+    reply would be); six more turns then repeat lines already said (the cache has them: one
+    line to many sessions, or a stock phrase)."""
     rng = random.Random(2)
     plan = [("first", SHORT_LINES[0])]
     for i in range(turns):
         kind, lines = ("short", SHORT_LINES) if i % 2 == 0 else ("long", LONG_LINES)
         plan.append((kind, lines[(i // 2) % len(lines)]))
+    plan += [("again", (SHORT_LINES if i % 2 == 0 else LONG_LINES)[i // 2]) for i in range(6)]
     decoded_at: dict[int, float] = {}  # audio pts -> when aiortc handed the decoded frame over
 
     def on_frame(kind: str, frame: av.frame.Frame, at: float) -> None:
@@ -156,12 +162,14 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                 origin = time.monotonic() - stage.clock.time()  # stage clock time 0, as monotonic
                 current: list[Turn] = []
 
-                handle = session.handle_message
+                # The data channel's handler was bound when the customer connected; the text it
+                # hands on is turned into a reply by ``customer_text``, looked up at each message.
+                customer_text = session.customer_text
 
-                def handle_message(raw: str | bytes) -> None:
+                def timed_customer_text(text: str) -> Any:
                     if current and math.isnan(current[-1].handled):
                         current[-1].handled = time.monotonic()
-                    handle(raw)
+                    return customer_text(text)
 
                 tts = server.engines.tts
                 synthesize = tts.synthesize
@@ -189,14 +197,22 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                     return seg
 
                 # Instance attributes shadow the methods the server calls (benchmark-only hooks).
-                setattr(session, "handle_message", handle_message)  # noqa: B010
+                setattr(session, "customer_text", timed_customer_text)  # noqa: B010
                 setattr(tts, "synthesize", timed_synthesize)  # noqa: B010
                 setattr(stage, "schedule", timed_schedule)  # noqa: B010
                 await asyncio.sleep(1.5)  # frames flowing, customer's buffers primed
 
                 audio_log = customer.audio_log
                 assert audio_log is not None
+                voice = tts.voice_for(avatar, "en")
                 for kind, text in plan:
+                    if kind == "again":
+                        # Another session said this line a moment ago: its pieces are cached.
+                        async with contextlib.aclosing(speak_stream(tts, text, voice)) as pieces:
+                            async for _ in pieces:
+                                pass
+                    else:
+                        tts.clear_cache()
                     turn = Turn(text, kind, time.monotonic())
                     current.append(turn)
                     mark = len(audio_log.levels)
@@ -232,7 +248,8 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
 
 def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given: str = "") -> str:
     first = [t for t in turns if t.kind == "first"]
-    warm = [t for t in turns if t.kind != "first"]
+    warm = [t for t in turns if t.kind in ("short", "long")]
+    again = [t for t in turns if t.kind == "again"]
     lines = [
         "## Live call: typed text to first audio",
         "",
@@ -244,7 +261,9 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
         "each RTP packet's RFC 6464 header, computed from the frame's samples before encoding): its packet's arrival "
         "at the customer (what a browser's jitter buffer gets) and aiortc's decoded frame (after "
         "aiortc's own 4-packet audio prefetch, which a browser does not have). Then the line is cut "
-        "with the interrupt API and the next turn follows a pause. Times in ms.",
+        "with the interrupt API and the next turn follows a pause. The TTS cache is emptied before "
+        "every turn but the last six, which repeat lines already said (a cache hit: one operator line "
+        "to many sessions, a stock phrase). Times in ms.",
         "",
         "| turns | text to first voiced packet: median | p95 | max | text to aiortc decoded frame: median | p95 |",
         "|---|---|---|---|---|---|",
@@ -253,7 +272,10 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
         (f"all turns after the first ({len(warm)})", warm),
         (f"short lines ({sum(t.kind == 'short' for t in warm)})", [t for t in warm if t.kind == "short"]),
         (f"long lines ({sum(t.kind == 'long' for t in warm)})", [t for t in warm if t.kind == "long"]),
+        (f"lines said before: TTS cache hit ({len(again)})", again),
     ):
+        if not group:
+            continue
         totals = [t.total for t in group]
         decoded = [t.decoded - t.sent for t in group]
         lines.append(
@@ -283,17 +305,20 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
     chars = {kind: [len(t.first_sentence) for t in warm if t.kind == kind] for kind in ("short", "long")}
     lines += [
         "",
-        f"Piper on the first sentence: median real-time factor {h.median(rtf):.3f} (synthesis time / audio "
+        f"Piper on the first piece: median real-time factor {h.median(rtf):.3f} (synthesis time / audio "
         f"length; other jobs share the cores), {h.median(chars['short']):.0f} characters for short lines and "
-        f"{h.median(chars['long']):.0f} for long ones (their first clause).",
+        f"{h.median(chars['long']):.0f} for long ones (their first piece).",
     ]
     lines += [
         "",
         "Steps: *data channel* customer send to `Session.handle_message`; *driver to TTS* echo driver, "
-        "speaker queue, sentence split; *TTS first sentence* synthesis of the first sentence (long lines "
-        "are cut at a clause break by `split_sentences`); *lip-sync + schedule* mouth curve and 48 kHz "
-        "resampling; *schedule lead* `SCHEDULE_LEAD` (40 ms) or the audio already handed to the track; "
-        "*TTS lead-in* first voiced 20 ms frame after the segment start (negative when the voice "
+        "speaker queue, sentence split; *TTS first sentence* synthesis of the first piece (`split_sentences` "
+        "cuts a first sentence over 20 speech units at a clause break or before a phrase opener such as "
+        "*and*, *from*); *lip-sync + schedule* mouth curve and 48 kHz "
+        "resampling; *schedule lead* to the first audio sample no track has read (the next 20 ms frame "
+        "boundary), at least `SCHEDULE_LEAD` (5 ms); "
+        "*TTS lead-in* first voiced 20 ms frame after the segment start (the reply's leading silence is "
+        "trimmed to 10 ms; negative when the voice "
         "starts inside the frame the segment starts in); *send + network* that frame's play time to its "
         "packet's arrival (Opus encode, SRTP, UDP on loopback; the track sends a frame at its start time).",
         "",
@@ -829,6 +854,15 @@ MONOLOGUE = (
     "If your card is lost or stolen, we will block it at once and send a new one within five working days. "
     "For your security, please never share your card number or your passcode with anyone."
 )
+# What each customer's avatar says: the monologue with a number in every sentence, different for
+# every customer and every time, so that no sentence is ever in the server's TTS cache (every
+# session pays for its own synthesis, as sessions in different conversations do).
+NUMBERED_MONOLOGUE = (
+    "Thank you for calling line {n}. I can help you with your accounts, your cards and your payments today, "
+    "caller {n}. To check balance {n}, open the app and choose the account you want to see. "
+    "If card {n} is lost or stolen, we will block it at once and send a new one within five working days. "
+    "For your security, please never share card number {n} or your passcode with anyone."
+)
 VOICED_PACKET_BYTES = 20
 # A measurement waits (up to --quiet seconds) until other processes use less than this
 # percent of one core: the machine is shared, and a starved server says nothing about itself.
@@ -882,11 +916,12 @@ class Profile:
     top: list[tuple[str, float]]  # leaf functions, share of samples
 
 
-async def speak_forever(customer: h.Customer, stop: asyncio.Event) -> None:
-    """Say ``MONOLOGUE`` again each time the avatar falls idle, until ``stop``."""
+async def speak_forever(customer: h.Customer, stop: asyncio.Event, numbers: Iterator[int]) -> None:
+    """Say ``NUMBERED_MONOLOGUE`` (with the next of ``numbers``) again each time the avatar falls
+    idle, until ``stop``."""
     while not stop.is_set():
         since = time.monotonic()
-        customer.send_text(MONOLOGUE)
+        customer.send_text(NUMBERED_MONOLOGUE.format(n=next(numbers)))
         with contextlib.suppress(TimeoutError):
             await customer.wait_event(
                 lambda e: e.get("type") == "state" and e.get("state") == "speaking", 60.0, since
@@ -1162,6 +1197,7 @@ async def run_capacity(
     rows: list[CapacityRow] = []
     profiles: list[Profile] = []
     listeners: list[Listener] = []
+    numbers = itertools.count(10)  # one per monologue said, never the same twice in a run
     idle_ok = speaking_ok = True
     with h.ServerProcess(max_sessions=max_n + 8) as server, h.null_decoders():
         async with h.http_session() as http:
@@ -1195,7 +1231,9 @@ async def run_capacity(
                         idle_ok = (await window_of("idle", n)).holds
                     if speaking_ok:
                         stop = asyncio.Event()
-                        talkers = [asyncio.create_task(speak_forever(li.customer, stop)) for li in listeners]
+                        talkers = [
+                            asyncio.create_task(speak_forever(li.customer, stop, numbers)) for li in listeners
+                        ]
                         try:
                             await asyncio.sleep(4.0)  # every avatar past its first sentence
                             speaking_ok = (await window_of("speaking", n)).holds
@@ -1257,7 +1295,8 @@ def capacity_section(
         "in this process, connected on 127.0.0.1, whose aiortc receivers decode nothing (a browser decodes on the "
         "customer's machine): each customer's received video frame rate is counted over a "
         f"{window:g} s window, first with every avatar idle, then with every avatar speaking a long monologue "
-        "again and again (the realistic worst case: TTS, lip-sync, speech animation and voiced Opus). "
+        "again and again (the realistic worst case: TTS, lip-sync, speech animation and voiced Opus; every "
+        "sentence carries a number never said before in the run, so the server's TTS cache never helps). "
         f"N holds when every session receives at least {TARGET_FPS:g} fps. CPU is percent of one core "
         "(200% = both cores); *other jobs* is what every other process on this shared machine took meanwhile "
         "(each window first waits up to `--quiet` s for them to drop under 30%).",

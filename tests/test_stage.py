@@ -37,6 +37,25 @@ def test_schedule_places_segments_back_to_back() -> None:
     assert stage.speaking_until() == pytest.approx(b.end_time)
 
 
+async def test_new_speech_starts_at_the_first_sample_no_track_has_read() -> None:
+    fake, stage = make_stage(auto=False)
+    track = StageAudioTrack(stage)
+    frame = await track.recv()  # the frame playing now [0, 20 ms) is handed over at once
+    assert frame.pts == 0
+    fake.advance(0.003)  # 3 ms into that frame: the next unread sample is the 20 ms boundary
+    seg = stage.schedule(tone_chunk(seconds=0.5), RampMouth(0.5))
+    assert seg.start == AUDIO_FRAME_SAMPLES  # not SCHEDULE_LEAD after "now", not a frame later
+    track.stop()
+    # Late in a frame (or with no track reading at all), the start keeps SCHEDULE_LEAD from now.
+    fake, stage = make_stage(auto=False)
+    track = StageAudioTrack(stage)
+    await track.recv()
+    fake.advance(0.0185)  # 1.5 ms before the next boundary
+    seg = stage.schedule(tone_chunk(seconds=0.5), RampMouth(0.5))
+    assert seg.start == stage.clock.sample() + int(SCHEDULE_LEAD * AUDIO_RATE) > AUDIO_FRAME_SAMPLES
+    track.stop()
+
+
 def test_read_audio_returns_timeline_and_silence() -> None:
     _, stage = make_stage()
     seg = stage.schedule(tone_chunk(seconds=0.5), RampMouth(0.5))

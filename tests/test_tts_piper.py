@@ -89,3 +89,9 @@ def test_code_points_join_into_espeak_phonemes() -> None:
         ("w", 5), ("ɜː", 12), ("l", 5), ("d", 5), (SILENCE, 7), (SILENCE, 1),
     ]  # fmt: skip
     assert sum(u.samples for u in units) == sum(n for _, n in pairs)
+
+
+def test_the_voice_runs_on_one_onnxruntime_thread_without_spinning(engine: PiperTTS) -> None:
+    options = engine.load(JOE).session.get_session_options()
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -6,14 +6,18 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
 from contextlib import aclosing
+from typing import Any
 
+import numpy as np
 import pytest
 
 from avatar.config import Settings, VoiceChoice
 from avatar.speech.sentences import split_sentences
 from avatar.speech.tts.base import TTSError, Voice
 from avatar.speech.tts.registry import TTSRegistry
+from avatar.speech.tts.silence import voiced_span
 from avatar.speech.tts.stream import speak_stream
 from avatar.timeline import SpeechChunk
 from tests.fakes import assert_speech_chunk
@@ -265,3 +269,121 @@ async def test_empty_text_yields_nothing() -> None:
 async def test_lookahead_must_be_positive() -> None:
     with pytest.raises(ValueError, match="lookahead"):
         await anext(speak_stream(RecordingRegistry(), "Hi.", ESPEAK_EN, lookahead=0))
+
+
+# --- the synthesis cache and the TTS pool -------------------------------------------------------
+
+
+async def test_one_line_for_many_sessions_is_synthesised_once() -> None:
+    registry = TTSRegistry(settings_with())
+    chunks = await asyncio.gather(*(registry.synthesize("Your card is blocked.", ESPEAK_EN) for _ in range(10)))
+    assert registry.syntheses == 1 and registry.cache_hits == 9
+    assert all(c is chunks[0] for c in chunks)  # in flight: the ten callers share one synthesis
+    again = await registry.synthesize("Your card is blocked.", ESPEAK_EN)
+    assert again is chunks[0] and registry.syntheses == 1  # finished: from the cache
+    assert not again.audio.flags.writeable  # shared by every session: nobody may change it
+    other_voice = await registry.synthesize("Your card is blocked.", Voice("espeak", "en", "en"))
+    assert other_voice is not again and registry.syntheses == 2
+    registry.close()
+
+
+async def test_the_cache_keeps_the_most_recently_used_sentences() -> None:
+    registry = TTSRegistry(settings_with(), cache_size=2)
+    for sentence in ("One.", "Two.", "One.", "Three."):  # "Two." is the least recently used
+        await registry.synthesize(sentence, ESPEAK_EN)
+    assert registry.syntheses == 3
+    await registry.synthesize("One.", ESPEAK_EN)
+    assert registry.syntheses == 3
+    await registry.synthesize("Two.", ESPEAK_EN)
+    assert registry.syntheses == 4
+    registry.clear_cache()
+    await registry.synthesize("One.", ESPEAK_EN)
+    assert registry.syntheses == 5
+    uncached = TTSRegistry(settings_with(), cache_size=0)
+    await uncached.synthesize("One.", ESPEAK_EN)
+    await uncached.synthesize("One.", ESPEAK_EN)
+    assert uncached.syntheses == 2
+
+
+async def test_a_caller_that_is_interrupted_does_not_cancel_the_others() -> None:
+    registry = TTSRegistry(settings_with())
+    cut = asyncio.create_task(registry.synthesize("Please hold the line.", ESPEAK_EN))
+    kept = asyncio.create_task(registry.synthesize("Please hold the line.", ESPEAK_EN))
+    await asyncio.sleep(0)  # both wait for the one synthesis
+    cut.cancel()
+    chunk = await kept
+    assert_speech_chunk(chunk)
+    assert cut.cancelled() or cut.result() is chunk
+    assert registry.syntheses == 1
+
+
+async def test_when_every_caller_gives_up_the_synthesis_stops_and_no_task_is_left() -> None:
+    registry = TTSRegistry(settings_with())
+    caller = asyncio.create_task(registry.synthesize("Please hold the line.", ESPEAK_EN))
+    await asyncio.sleep(0)
+    caller.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    assert [t for t in asyncio.all_tasks() if t is not asyncio.current_task()] == []
+    chunk = await registry.synthesize("Please hold the line.", ESPEAK_EN)  # asked again: spoken
+    assert_speech_chunk(chunk)
+
+
+async def test_a_fallback_is_not_cached_for_the_voice_it_stood_in_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "edge_tts", None)  # the chosen engine fails every time
+    registry = TTSRegistry(settings_with())
+    voice = registry.voice_for("anna", "zh")
+    first = await registry.synthesize("下午好。", voice)
+    second = await registry.synthesize("下午好。", voice)
+    assert first.engine == second.engine == "espeak"
+    assert registry.syntheses == 2  # the edge voice is tried again (it may be back)
+
+
+async def test_synthesis_runs_on_the_tts_pool(offline_registry: TTSRegistry) -> None:
+    threads: list[str] = []
+    for name, voice in (("piper", offline_registry.voice_for("bob", "en")), ("espeak", ESPEAK_EN)):
+        engine = offline_registry.engine(name)
+        blocking = engine.synthesize_blocking  # type: ignore[attr-defined]
+
+        def spy(sentence: str, v: Voice, blocking: Any = blocking) -> SpeechChunk:
+            threads.append(threading.current_thread().name)
+            return blocking(sentence, v)  # type: ignore[no-any-return]
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(engine, "synthesize_blocking", spy)
+            await engine.synthesize("Pool test.", voice)
+    assert len(threads) == 2 and all(name.startswith("tts") for name in threads)
+
+
+# --- silence around the pieces of a reply ---------------------------------------------------------
+
+
+async def test_the_reply_starts_with_its_voice_and_a_cut_sentence_joins_without_a_long_pause(
+    offline_registry: TTSRegistry,
+) -> None:
+    voice = offline_registry.voice_for("bob", "en")
+    text = "Please wait and stay on the line for a moment. Thank you for your patience."
+    pieces = split_sentences(text, first_max_units=8)
+    assert pieces[0] == "Please wait"  # cut between two words
+    async with aclosing(speak_stream(offline_registry, text, voice, first_max_units=8)) as stream:
+        chunks = [chunk async for chunk in stream]
+    assert [c.text for c in chunks] == pieces
+    whole = [await offline_registry.synthesize(p, voice) for p in pieces]  # as the engine made them
+    rate = chunks[0].sample_rate
+
+    def lead(chunk: SpeechChunk) -> float:
+        return (voiced_span(chunk.audio) or (0, 0))[0] / rate
+
+    def tail(chunk: SpeechChunk) -> float:
+        return (len(chunk.audio) - (voiced_span(chunk.audio) or (0, 0))[1]) / rate
+
+    # Piper's voice varies a little from one synthesis to the next (its model samples noise), so
+    # each trimmed piece is compared with the very synthesis it was cut from (the cache has it).
+    assert lead(chunks[0]) <= min(0.011, lead(whole[0]))  # the reply starts with its voice
+    assert tail(chunks[0]) <= min(0.051, tail(whole[0]))  # a breath, not a sentence's end, at the cut
+    assert lead(chunks[1]) <= min(0.011, lead(whole[1]))  # the cut sentence goes on at once
+    cut = round((lead(whole[0]) - lead(chunks[0])) * rate)  # the samples trimmed off the front
+    assert np.array_equal(chunks[0].audio, whole[0].audio[cut : cut + len(chunks[0].audio)])
+    assert np.array_equal(chunks[2].audio, whole[2].audio)  # whole sentences keep their own pauses
+    for chunk in chunks:
+        assert_speech_chunk(chunk)
