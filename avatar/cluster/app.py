@@ -42,6 +42,7 @@ PEER_HTTP = web.AppKey("cluster_http", aiohttp.ClientSession)
 SECRET_HEADER = "X-Avatar-Cluster"  # the cluster secret: this request was forwarded by a peer
 VIA_HEADER = "X-Avatar-Via"  # the node that forwarded it
 FORWARD_TIMEOUT = 15.0
+DRAIN_TIMEOUT = 3.0  # seconds a sign-in's answer waits for its token to reach Redis
 PRESENCE_TOPIC = "presence"
 PRESENCE_INTERVAL = 1.0  # seconds between presence announcements (grace periods are tens of seconds)
 
@@ -287,17 +288,29 @@ async def cluster_middleware(request: web.Request, handler: Handler) -> web.Stre
         return _json_error(403, "invalid cluster secret")
     forwarded = peer_secret is not None
     tokens = request.app[OPERATORS].tokens if OPERATORS in request.app else None
+    if not isinstance(tokens, RedisTokenBook):
+        tokens = None
     token = bearer_token(request)
-    if isinstance(tokens, RedisTokenBook) and token is not None:
+    if tokens is not None and token is not None and not _is_api_token(request, token):
         await tokens.prefetch(token)  # a sign-in made on another process a moment ago
     if not forwarded:
         forward = await _route_elsewhere(request, cluster)
         if forward is not None:
             return forward
+    writes = tokens.writes if tokens is not None else 0
     response = await handler(request)
-    if isinstance(tokens, RedisTokenBook):
-        await tokens.drain()  # what this request wrote (a sign-in, a sign-out) is shared before it is answered
+    if tokens is not None and tokens.writes != writes:
+        # A sign-in or sign-out is in Redis before it is answered, so the client may use (or
+        # stop using) the token on any process at once. Bounded: Redis may be away.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(tokens.drain(), DRAIN_TIMEOUT)
     return response
+
+
+def _is_api_token(request: web.Request, token: str) -> bool:
+    from avatar.server.app import API_TOKEN
+
+    return hmac.compare_digest(token.encode(), request.app[API_TOKEN].encode())
 
 
 async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.StreamResponse | None:

@@ -14,6 +14,7 @@ process writes back the grants it mirrors, so nobody is signed out by the restar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -30,12 +31,15 @@ from avatar.operator.tokens import Clock, Grant, SqliteTokenBook, TokenBook, tok
 log = logging.getLogger(__name__)
 
 TOPIC = "tokens"
+PREFETCH_TIMEOUT = 0.5  # seconds a request waits for Redis to look up a token it has not seen
 
 
 class RedisTokenBook(TokenBook):
     def __init__(self, cluster: RedisCluster, ttl: float, clock: Clock = time.time) -> None:
         super().__init__(ttl, clock)
         self.cluster = cluster
+        #: Writes made through this book so far (the middleware drains only after a request that wrote).
+        self.writes = 0
         cluster.subscribe(TOPIC, self._on_message)
         cluster.on_reset.append(self._restore)
         cluster.on_reconnect.append(self.reload)
@@ -49,6 +53,7 @@ class RedisTokenBook(TokenBook):
     # -- storage: the mirror, written through to Redis ------------------------------------------
     def _put(self, key: str, grant: Grant) -> None:
         super()._put(key, grant)
+        self.writes += 1
         self.cluster.enqueue(lambda r: self._write(r, key, grant))
         self.cluster.publish(TOPIC, {"put": key, "operator": grant.operator, "expires": grant.expires})
 
@@ -64,6 +69,7 @@ class RedisTokenBook(TokenBook):
 
     def _delete(self, key: str) -> Grant | None:
         grant = super()._delete(key)
+        self.writes += 1
         token = self._token(key)
 
         async def write(r: aioredis.Redis) -> None:
@@ -75,6 +81,7 @@ class RedisTokenBook(TokenBook):
 
     def _delete_operator(self, operator: str) -> int:
         count = super()._delete_operator(operator)
+        self.writes += 1
         tokens_of = self._set(operator)
 
         async def write(r: aioredis.Redis) -> None:
@@ -100,8 +107,8 @@ class RedisTokenBook(TokenBook):
         if super()._get(key) is not None:
             return
         try:
-            raw = await self.cluster.redis.get(self._token(key))
-        except (RedisError, OSError):
+            raw = await asyncio.wait_for(self.cluster.redis.get(self._token(key)), PREFETCH_TIMEOUT)
+        except (RedisError, OSError, TimeoutError):
             return  # Redis is away: the mirror is all there is
         if raw is not None:
             data = json.loads(raw)
