@@ -52,7 +52,8 @@ class Subscription:
 class OperatorHub:
     """Fan-out of operator events. ``on_presence(operator, online)`` is called when an
     operator's first socket opens and when their last one closes (the takeover desk starts
-    and cancels grace periods on it)."""
+    and cancels grace periods on it); in a cluster, their first and last anywhere (the cluster
+    also calls the listeners when that happens on another process)."""
 
     def __init__(self) -> None:
         self._subs: set[Subscription] = set()
