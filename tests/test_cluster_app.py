@@ -175,3 +175,39 @@ async def test_a_redis_restart_loses_no_call(pair: tuple[Client, Client], redis_
         assert customer.pc.connectionState == "connected"
     finally:
         await customer.close()
+
+
+async def test_one_line_to_sessions_on_two_processes(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    on_a, sid_a = await connect(a)
+    on_b, sid_b = await connect(b)
+    try:
+        alice = await sign_in(b, "alice")
+        for sid in (sid_a, sid_b):
+            resp = await b.post(f"/api/sessions/{sid}/takeover", headers=alice)
+            assert resp.status == 200, await resp.text()
+        listed = await (await b.get("/api/operator/sessions", headers=alice)).json()
+        assert sorted(listed["held"]) == sorted([sid_a, sid_b])
+
+        body = {"sessions": [sid_a, sid_b], "text": "One moment, both of you."}
+        resp = await b.post("/api/operator/say", headers=alice, json=body)
+        assert resp.status == 200, await resp.text()
+        assert (await resp.json())["sessions"] == [sid_a, sid_b]
+        for customer in (on_a, on_b):
+            await customer.wait_for_event(lambda e: e["type"] == "caption" and e["text"] == body["text"])
+
+        # All or nothing: one of them no longer held, nothing is said anywhere.
+        resp = await b.post(f"/api/sessions/{sid_a}/handback", headers=alice)
+        assert resp.status == 200
+        refused = {"sessions": [sid_b, sid_a], "text": "This is never said."}
+        resp = await b.post("/api/operator/say", headers=alice, json=refused)
+        assert resp.status == 409 and sid_a in (await resp.json())["error"]
+        resp = await b.post("/api/operator/say", headers=alice, json={"sessions": [sid_b, "nope"], "text": "x"})
+        assert resp.status == 404 and "nope" in (await resp.json())["error"]
+        resp = await b.post(f"/api/sessions/{sid_b}/say", headers=alice, json={"text": "Next line."})
+        assert resp.status == 200
+        await on_b.wait_for_event(lambda e: e["type"] == "caption" and e["text"] == "Next line.")
+        assert not any(e.get("text") == refused["text"] for e in on_a.got.events + on_b.got.events)
+    finally:
+        await on_a.close()
+        await on_b.close()
