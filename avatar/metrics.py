@@ -17,8 +17,10 @@ The README lists every metric with its type, labels and meaning.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -190,6 +192,17 @@ class _LiveCollector(Collector):
             for stage_id, count in sorted(m._stages().items()):
                 viewers.add_metric([stage_id], count)
         yield viewers
+
+        # The process itself, so a load or soak run can tell a leak from noise.
+        tasks = GaugeMetricFamily("avatar_asyncio_tasks", "asyncio tasks alive in the server's event loop")
+        try:
+            tasks.add_metric([], len(asyncio.all_tasks()))
+        except RuntimeError:  # scraped from outside the loop (a test calling collect directly)
+            tasks.add_metric([], 0)
+        yield tasks
+        threads = GaugeMetricFamily("avatar_threads", "Threads alive in the server process")
+        threads.add_metric([], threading.active_count())
+        yield threads
 
 
 def av_offset(peer: Any) -> float | None:
