@@ -31,8 +31,6 @@ log = logging.getLogger(__name__)
 MAX_TEXT_CHARS = 1000
 #: How long closing a session waits for its tasks to stop.
 CLOSE_TIMEOUT = 5.0
-#: One audio frame on the wire (the audio track reads this far ahead of the clock).
-AUDIO_FRAME_S = 0.02
 
 
 class Driver(Protocol):
@@ -187,9 +185,9 @@ class Session:
                 task.cancel()
         end = self.word_end(within)
         if end is not None:
-            # The audio track reads one 20 ms frame ahead of the clock: cut that much early so the
-            # fade starts on the boundary.
-            await self.stage.clock.sleep_until(end - AUDIO_FRAME_S)
+            # The cut lands where the audio tracks have read up to: at the boundary, or up to one
+            # 20 ms frame after it (the word is always whole).
+            await self.stage.clock.sleep_until(end)
         return self.interrupt()
 
     def interrupt(self) -> Line | None:

@@ -247,8 +247,8 @@ async def test_voice_mode_speaks_with_the_operators_voice(client: TestClient) ->
         else:
             assert "not transcribed" in entry.text
         # The customer's page never learns who spoke.
-        spoken = [e for e in customer.got.events if e.get("type") == "transcript" and e.get("text") == entry.text]
-        assert spoken and all(e["speaker"] == "avatar" for e in spoken)
+        spoken = await customer.wait_for_event(lambda e: e.get("type") == "transcript" and e.get("text") == entry.text)
+        assert spoken["speaker"] == "avatar"
         assert media.describe(sid)["voice"] is True
 
         # Handing back stops the operator's microphone driving the avatar.
@@ -323,9 +323,30 @@ async def test_customer_id_and_history(client: TestClient, auth: dict[str, str])
         await other.close()
 
 
+class DraftingBrain:
+    """A stand-in for the brain while an operator holds the session: drafts one suggestion and,
+    like the real one, writes the turn and its draft into the context it is given."""
+
+    def __init__(self) -> None:
+        self.contexts: list[Any] = []
+
+    def reply(self, context: Any, text: str) -> Any:
+        self.contexts.append(context)
+        context.add("customer", text)
+        context.add("assistant", "Draft: I can block your card.")
+
+        class Reply:
+            def to_dict(self) -> dict[str, Any]:
+                return {"text": "Draft: I can block your card.", "suggestions": ["I can block your card."],
+                        "emotion": 0.4, "topic": "lost_or_stolen_card"}
+
+        return Reply()
+
+
 async def test_handback_gives_the_ai_the_whole_conversation(client: TestClient) -> None:  # type: ignore[type-arg]
     engines = client.app[ENGINES]
     drivers: list[BrainDriver] = []
+    brain, previous = DraftingBrain(), engines.brain
 
     def brain_driver() -> BrainDriver:
         drivers.append(BrainDriver(engines))
@@ -336,10 +357,15 @@ async def test_handback_gives_the_ai_the_whole_conversation(client: TestClient) 
     alice = await sign_in(client, "alice")
     try:
         assert (await client.post(f"/api/sessions/{sid}/takeover", headers=alice)).status == 200
+        engines.brain = brain
         customer.send({"type": "text", "text": "My card 4111 1111 1111 1111 was stolen"})
         session = client.app[SESSIONS].get(sid)
         assert session is not None
-        await wait_until(lambda: any(e.speaker == "customer" for e in session.transcript))
+        await wait_until(lambda: session.last_reply is not None)
+        # The operator gets the brain's suggestion; the draft is not part of the conversation.
+        summary = (await (await client.get("/api/operator/sessions", headers=alice)).json())["sessions"][0]
+        assert summary["suggestions"] == ["I can block your card."]
+        assert brain.contexts[0] is not drivers[0].context
         resp = await client.post(f"/api/sessions/{sid}/say", json={"text": "I have blocked that card."}, headers=alice)
         assert resp.status == 200
         await wait_until(lambda: any(e.speaker == "alice" for e in session.transcript), within=20)
@@ -347,6 +373,8 @@ async def test_handback_gives_the_ai_the_whole_conversation(client: TestClient) 
         history = [(t.role, t.text) for t in drivers[0].context.history]
         assert history[0][0] == "customer" and "4111" not in history[0][1] and "stolen" in history[0][1]
         assert history[1] == ("assistant", "I have blocked that card.")
+        assert len(history) == 2  # no draft in it
         assert session.driver is drivers[0]  # the same AI, with that context, answers next
     finally:
+        engines.brain = previous
         await customer.close()

@@ -137,7 +137,8 @@ async def test_finish_word_stops_at_the_end_of_the_word_being_said() -> None:
     assert cut is line
     assert seg.cut_at is not None
     boundary = seg.start + int(0.5 * AUDIO_RATE)
-    assert boundary <= seg.cut_at <= boundary + int(0.015 * AUDIO_RATE)  # the boundary, plus the fade
+    # The boundary, plus at most the 20 ms frame the track has read ahead and the 10 ms fade.
+    assert boundary <= seg.cut_at <= boundary + int(0.030 * AUDIO_RATE)
     assert line.heard_text() == "one two"
     await clock.run_for(0.2)
     assert session.transcript[-1].text == "one two" and session.transcript[-1].interrupted

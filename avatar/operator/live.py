@@ -126,7 +126,9 @@ class OperatorMedia:
             if track.kind == "audio" and peer.voice is None:
                 from avatar.operator.voice import OperatorVoice, recognizer_transcribe
 
-                peer.voice = OperatorVoice(session, operator, recognizer_transcribe(self.engines))
+                peer.voice = OperatorVoice(
+                    session, operator, recognizer_transcribe(self.engines), executor=self.engines.listen_pool
+                )
                 peer.tasks.append(session.spawn(peer.voice.run(track), "operator-voice"))
             elif track.kind == "video" and not peer.camera:
                 peer.camera = True
