@@ -211,3 +211,25 @@ async def test_one_line_to_sessions_on_two_processes(pair: tuple[Client, Client]
     finally:
         await on_a.close()
         await on_b.close()
+
+
+async def test_an_operator_watches_a_session_of_another_process(pair: tuple[Client, Client]) -> None:
+    from tests.rtc_client import RtcCustomer
+
+    a, b = pair
+    customer, sid = await connect(a)
+    watcher = RtcCustomer()
+    try:
+        alice = await sign_in(b, "alice")
+        # The offer goes to B, which forwards it to A: the media flows between A and the operator.
+        resp = await b.post(f"/api/operator/sessions/{sid}/watch", headers=alice, json=await watcher.offer())
+        assert resp.status == 200, await resp.text()
+        await watcher.accept(await resp.json())
+        await eventually(lambda: len(watcher.got.video_pts) > 10, within=20)
+        resp = await b.delete(f"/api/operator/sessions/{sid}/watch", headers=alice)
+        assert resp.status == 200 and (await resp.json())["closed"] == 1
+        resp = await b.get(f"/api/operator/sessions/{sid}/history", headers=alice)
+        assert resp.status == 200, await resp.text()
+    finally:
+        await watcher.close()
+        await customer.close()

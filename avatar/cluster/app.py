@@ -47,8 +47,9 @@ PRESENCE_TOPIC = "presence"
 PRESENCE_INTERVAL = 1.0  # seconds between presence announcements (grace periods are tens of seconds)
 
 #: Everything about one session or broadcast stage (a stage is a session): its commands, its
-#: transcript, a stage's viewers' offers, comments, show script and outputs.
-_SESSION_PATH = re.compile(r"^/api/(?:sessions|stages)/([^/]+)(/.*)?$")
+#: transcript, an operator's watch and drive offers and the customer's history, a stage's
+#: viewers' offers, comments, show script and outputs.
+_SESSION_PATH = re.compile(r"^/api/(?:sessions|stages|operator/sessions)/([^/]+)(/.*)?$")
 _MULTI_SAY = "/api/operator/say"
 _LOGOUT = "/api/operator/logout"
 
