@@ -91,6 +91,7 @@ class Turn:
     synth_end: float = math.nan
     first_sentence: str = ""  # what the TTS was given first (``split_sentences`` may cut a line)
     first_audio: float = math.nan  # its duration, seconds
+    synth_cpu: float = math.nan  # CPU time of the synthesis thread for it, seconds
     scheduled: float = math.nan  # placed on the stage timeline
     segment_start: float = math.nan  # when its first sample plays (stage clock, as monotonic)
     voiced_frame: float = math.nan  # play time of the first non-silent 20 ms frame
@@ -173,6 +174,17 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
 
                 tts = server.engines.tts
                 synthesize = tts.synthesize
+                # CPU time of each synthesis in its worker thread: what the step costs on an idle
+                # core, whatever the other jobs on this shared machine do to the wall time.
+                piper = tts.engine("piper")
+                blocking = piper.synthesize_blocking
+                cpu_of: dict[str, float] = {}
+
+                def cpu_timed_blocking(sentence: str, voice: Any) -> Any:
+                    began = time.thread_time()
+                    chunk = blocking(sentence, voice)
+                    cpu_of[sentence] = time.thread_time() - began
+                    return chunk
 
                 async def timed_synthesize(sentence: str, voice: Any) -> Any:
                     start = time.monotonic()
@@ -181,6 +193,7 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                         turn = current[-1]
                         turn.synth_start, turn.synth_end = start, time.monotonic()
                         turn.first_sentence, turn.first_audio = sentence, float(chunk.duration)
+                        turn.synth_cpu = cpu_of.get(sentence, math.nan)
                     return chunk
 
                 schedule = stage.schedule
@@ -199,6 +212,7 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                 # Instance attributes shadow the methods the server calls (benchmark-only hooks).
                 setattr(session, "customer_text", timed_customer_text)  # noqa: B010
                 setattr(tts, "synthesize", timed_synthesize)  # noqa: B010
+                setattr(piper, "synthesize_blocking", cpu_timed_blocking)  # noqa: B010
                 setattr(stage, "schedule", timed_schedule)  # noqa: B010
                 await asyncio.sleep(1.5)  # frames flowing, customer's buffers primed
 
@@ -241,9 +255,48 @@ async def run_latency(turns: int, avatar: str, codec: str | None) -> tuple[list[
                     )
                     await asyncio.sleep(rng.uniform(0.3, 0.7))
                 extra["voice"] = str(tts.voice_for(avatar, "en"))
+                extra["fanout"] = await fanout_first_pieces(tts, voice)
             finally:
                 await customer.close()
     return done, extra
+
+
+FANOUT_SESSIONS = 10
+
+
+async def fanout_first_pieces(tts: Any, voice: Any) -> list[tuple[str, str, float, float, int]]:
+    """One operator line said by ``FANOUT_SESSIONS`` sessions at once (issue 5), against as many
+    sessions each saying a line of its own: time until every session has its first piece (the
+    TTS side only, on the server of the latency run while its session streams), and how many
+    syntheses that took. Each case runs three times (cache emptied first); medians."""
+    out: list[tuple[str, str, float, float, int]] = []
+    for kind, lines in (("short", SHORT_LINES), ("long", LONG_LINES)):
+        for case in ("one line to all", "a line each"):
+            medians: list[float] = []
+            maxima: list[float] = []
+            counts: list[int] = []
+            for attempt in range(3):
+                tts.clear_cache()
+                before = tts.syntheses
+                texts = [
+                    lines[attempt % len(lines)] if case == "one line to all" else lines[(attempt + i) % len(lines)]
+                    for i in range(FANOUT_SESSIONS)
+                ]
+                if case == "a line each":  # distinct lines: a number makes each one new
+                    texts = [f"{text[:-1]}, caller {i + 1}{text[-1]}" for i, text in enumerate(texts)]
+                start = time.monotonic()
+
+                async def first_piece(text: str, start: float) -> float:
+                    async with contextlib.aclosing(speak_stream(tts, text, voice)) as pieces:
+                        await anext(pieces)
+                    return time.monotonic() - start
+
+                ready = await asyncio.gather(*(first_piece(text, start) for text in texts))
+                medians.append(h.median(ready))
+                maxima.append(max(ready))
+                counts.append(tts.syntheses - before)
+            out.append((kind, case, h.median(medians), h.median(maxima), int(h.median(counts))))
+    return out
 
 
 def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given: str = "") -> str:
@@ -301,13 +354,31 @@ def latency_section(turns: list[Turn], extra: dict[str, Any], avatar: str, given
         lines.append(
             f"| {step} | {h.ms(h.median(s))} | {h.ms(h.p95(s))} | {h.ms(h.median(g))} | {h.ms(h.p95(g))} |"
         )
+    fanout = extra.get("fanout") or []
+    if fanout:
+        lines += [
+            "",
+            f"One line to {FANOUT_SESSIONS} sessions at once (an operator driving {FANOUT_SESSIONS} avatars, issue 5) "
+            f"against {FANOUT_SESSIONS} sessions each saying a line of its own: time until every session "
+            "has its first piece from the TTS (speak_stream, cache emptied first; median of 3 runs), ms:",
+            "",
+            "| lines | case | median session | last session | sentences synthesised (first pieces, and next ones begun meanwhile) |",
+            "|---|---|---|---|---|",
+        ]
+        for kind, case, med, last, count in fanout:
+            lines.append(f"| {kind} | {case} | {h.ms(med)} | {h.ms(last)} | {count} |")
     rtf = [(t.synth_end - t.synth_start) / t.first_audio for t in warm if t.first_audio > 0]
     chars = {kind: [len(t.first_sentence) for t in warm if t.kind == kind] for kind in ("short", "long")}
+    cpu = {kind: [t.synth_cpu for t in warm if t.kind == kind and math.isfinite(t.synth_cpu)] for kind in chars}
+    audio = {kind: [t.first_audio for t in warm if t.kind == kind] for kind in chars}
     lines += [
         "",
         f"Piper on the first piece: median real-time factor {h.median(rtf):.3f} (synthesis time / audio "
         f"length; other jobs share the cores), {h.median(chars['short']):.0f} characters for short lines and "
-        f"{h.median(chars['long']):.0f} for long ones (their first piece).",
+        f"{h.median(chars['long']):.0f} for long ones (their first piece; median audio "
+        f"{h.ms(h.median(audio['short']))} and {h.ms(h.median(audio['long']))} ms). CPU time of that "
+        f"synthesis (its thread's, what it takes on an idle core): median {h.ms(h.median(cpu['short']))} ms "
+        f"for short lines, {h.ms(h.median(cpu['long']))} ms for long ones.",
     ]
     lines += [
         "",
