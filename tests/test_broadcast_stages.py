@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from avatar.broadcast.stages import STAGES, StageDirectory, UnknownStage
+from avatar.rtc.fanout import OVERLAY_GAP
 from avatar.server.app import SESSIONS
 from avatar.server.operator_routes import OPERATORS
 from tests.rtc_client import RtcCustomer
@@ -169,7 +170,7 @@ async def test_viewers_share_one_encode_and_get_captions(client: TestClient, aut
         await wait_until(lambda: all(len(v.got.video_pts) > 10 for v in viewers), within=15)
         for viewer in viewers[:3]:
             assert viewer.got.video_size == (512, 512)
-        assert overlay.got.video_size == (512, 1024)  # colour over alpha
+        assert overlay.got.video_size == (512, 1024 + OVERLAY_GAP)  # colour over alpha
 
         # One render and one encode per frame however many watch.
         stats = client.app[STAGES].get(sid).media.stats()  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from avatar.rtc.fanout import (
     MAX_QUEUED,
+    OVERLAY_GAP,
     FanoutTrack,
     Feed,
     _OpusEncoder,
@@ -220,9 +221,13 @@ def test_pack_colour_alpha_layout_and_edges() -> None:
     rgba[..., 0], rgba[..., 1], rgba[..., 2] = 200, 60, 40
     rgba[..., 3] = np.round(disc * 255).astype(np.uint8)
     packed = pack_colour_alpha(rgba)
-    assert (packed.width, packed.height) == (w, 2 * h)
+    assert (packed.width, packed.height) == (w, 2 * h + OVERLAY_GAP)
     rgb = packed.to_ndarray(format="rgb24")  # limited-range BT.601, as a browser decodes it
-    colour, matte = rgb[:h].astype(int), rgb[h:].astype(int)
+    colour, matte = rgb[:h].astype(int), rgb[h + OVERLAY_GAP :].astype(int)
+    # The gap continues each half: the colour's last row above, the matte's first row below.
+    gap = rgb[h : h + OVERLAY_GAP].astype(int)
+    assert np.abs(gap[: OVERLAY_GAP // 2] - colour[-1]).max() <= 3
+    assert np.abs(gap[OVERLAY_GAP // 2 :] - matte[0]).max() <= 3
     # The lower half is the alpha as grey, within rounding.
     assert np.abs(matte[..., 1] - rgba[..., 3]).max() <= 3
     assert np.abs(matte[..., 0] - matte[..., 2]).max() <= 3
