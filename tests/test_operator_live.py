@@ -204,6 +204,16 @@ async def test_watch_closes_with_the_session(client: TestClient, auth: dict[str,
         assert resp.status == 200, await resp.text()
         await watcher.accept(await resp.json())
         await wait_until(lambda: len(watcher.luma) >= 3, within=20)
+        # The panel closes its view (another session opened)...
+        closed = await (await client.delete(f"/api/operator/sessions/{sid}/watch", headers=alice)).json()
+        assert closed == {"status": "closed", "closed": 1} and media.peers == []
+        await watcher.close()
+        # ...and a view still open when the call ends closes with it.
+        watcher = Watcher()
+        resp = await client.post(f"/api/operator/sessions/{sid}/watch", json=await watcher.offer(), headers=alice)
+        assert resp.status == 200, await resp.text()
+        await watcher.accept(await resp.json())
+        assert len(media.peers) == 1
         assert (await client.delete(f"/api/sessions/{sid}", headers=auth)).status == 200
         await wait_until(lambda: media.peers == [])
     finally:
