@@ -68,7 +68,7 @@ def test_webcam_on_the_mirror_page_drives_the_avatar(server: ServerProcess, tmp_
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
         try:
-            page = browser.new_page(viewport={"width": 1100, "height": 720})
+            page = browser.new_page(bypass_csp=True, viewport={"width": 1100, "height": 720})
             errors: list[str] = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             page.goto(server.url + "/mirror.html?avatar=astronaut")

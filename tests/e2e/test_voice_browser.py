@@ -102,7 +102,7 @@ def playwright() -> Iterator[Any]:
 
 
 def call(browser: Any, server: ServerProcess) -> tuple[Any, list[str]]:
-    page = browser.new_page()
+    page = browser.new_page(bypass_csp=True)
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     page.goto(server.url + "/")
