@@ -293,6 +293,9 @@ def _validate_security(s: Settings) -> None:
     for origin in s.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
             raise ConfigError(f"allowed_origins: {origin!r} is not an origin such as https://desk.example.com")
+    for source in s.frame_ancestors:
+        if not source or any(c in source for c in "; ,\t\n"):
+            raise ConfigError(f"frame_ancestors: {source!r} is not one CSP source such as 'self' or https://example.com")
     if s.max_sessions_per_client < 1:
         raise ConfigError("max_sessions_per_client: must be at least 1")
     if s.channel_burst < 1:

@@ -135,6 +135,7 @@ def test_config_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         ("[security]\ntrusted_proxies = ['not-an-ip']\n", "trusted_proxies"),
         ("[security]\nallowed_origins = 'desk.example.com'\n", "allowed_origins"),
         ("[media]\nfsp = 25\n", "fsp"),
+        ("[security]\nframe_ancestors = [\"'self'; script-src *\"]\n", "frame_ancestors"),
     ]:
         bad.write_text(text, encoding="utf-8")
         assert main(["config", "check", str(bad)]) == 2
