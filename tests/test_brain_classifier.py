@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,22 +13,27 @@ from sklearn.svm import SVC
 
 from avatar.brain import Brain, DialogueContext
 from avatar.brain.classifier import (
+    EXIT_MAX_LOSS,
+    EXIT_MIN_PROBABILITY,
     RBF_C,
     RBF_GAMMA,
     E5Embedder,
+    Embedder,
     FloatArray,
     IntentModel,
     RbfSvm,
     TfidfBlock,
+    _exit_threshold,
+    _log_softmax,
     zh_words,
 )
 from avatar.brain.kb import default_kb_path
 
 
 class CountingEmbedder:
-    """The real e5 embedder, counting the texts it is asked to embed."""
+    """A real e5 embedder, counting the texts it is asked to embed."""
 
-    def __init__(self, inner: E5Embedder) -> None:
+    def __init__(self, inner: Embedder) -> None:
         self.inner = inner
         self.name = inner.name
         self.embedded: list[str] = []
@@ -130,3 +136,49 @@ def test_shipped_chinese_knowledge_base(tmp_path_factory: pytest.TempPathFactory
     fraud = brain.reply(DialogueContext(), "我好像被骗了，钱已经转出去了")
     assert (fraud.action, fraud.reason) == ("handoff", "topic_flagged")
     assert brain.reply(DialogueContext(), "给我讲个笑话吧").action == "out_of_scope"
+
+
+def test_exit_threshold_is_the_lowest_that_loses_little_accuracy() -> None:
+    y = np.arange(1000) % 4
+    lexical = np.zeros((1000, 4))
+    confidence = np.linspace(10.0, 0.0, 1000)  # rows sorted by how sure the lexical view is
+    lexical[np.arange(1000), y] = confidence
+    # The lexical view is wrong on 1 in 10 of its less sure half; all the views never are.
+    wrong = np.flatnonzero((np.arange(1000) >= 500) & (np.arange(1000) % 10 == 0))
+    lexical[wrong, (y[wrong] + 1) % 4] = confidence[wrong] + 1.0
+    fused = np.eye(4)[y] * 5.0
+    threshold, rate = _exit_threshold(lexical, fused, y)
+    probability = np.exp(_log_softmax(lexical).max(1))
+    assert threshold is not None and threshold >= EXIT_MIN_PROBABILITY
+    exited = probability >= threshold
+    assert rate == pytest.approx(exited.mean())
+    assert (lexical.argmax(1) != y)[exited].sum() <= EXIT_MAX_LOSS * len(y)
+    assert exited[:500].all()  # every sure and right row exits
+    # A lexical view wrong even where it is surest: at most the allowed loss exits (one row in
+    # 1000), and with 100 rows not even one.
+    wrong_everywhere = np.roll(lexical, 1, axis=1) * 3
+    assert _exit_threshold(wrong_everywhere, fused, y)[1] <= EXIT_MAX_LOSS
+    assert _exit_threshold(wrong_everywhere[:100], fused[:100], y[:100]) == (None, 0.0)
+
+
+def test_early_exit_ranks_without_embedding(tmp_path_factory: pytest.TempPathFactory) -> None:
+    brain = Brain.load(Path(__file__).parent / "data" / "brain" / "kb", tmp_path_factory.getbasetemp() / "brain-data")
+    text = "How can I wire money overseas?"
+    embedded = brain.rank(text)
+    assert embedded.embedded
+    counting = CountingEmbedder(brain.model.embedder)
+    en = dataclasses.replace(brain.model.classifiers["en"], exit_threshold=0.0)  # every utterance exits
+    model = dataclasses.replace(brain.model, embedder=counting, classifiers={**brain.model.classifiers, "en": en})
+    quick = model.rank(text, "en")
+    assert counting.embedded == [] and not quick.embedded
+    assert quick.topics[0] == embedded.topics[0] and sum(quick.probabilities) == pytest.approx(1.0)
+    # Another language's lexical view is no evidence: a Chinese utterance is still embedded.
+    assert model.rank_many(["我想往国外汇款"], "zh")[0].embedded and counting.embedded == ["我想往国外汇款"]
+    many = model.rank_many([text, "Write me a poem about the sea"], "en")
+    assert many[0].probabilities == pytest.approx(quick.probabilities) and not many[1].embedded
+    # The policy answers a sure early exit; it has no similarities to call it out of scope.
+    fast = Brain(brain.kb, model)
+    sure = "I want to transfer money to a bank in another country"  # a question of the topic, verbatim
+    assert not fast.rank(sure).embedded and fast.rank(sure).probabilities[0] >= 0.5
+    reply = fast.reply(DialogueContext(), sure)
+    assert (reply.action, reply.topic) == ("answer", "international_transfer")

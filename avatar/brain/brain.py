@@ -292,7 +292,9 @@ class Brain:
         known = classifier.in_domain_similarity
         near = ranking.nearest_similarity
         # ...or closer to a typical unrelated request (weather, recipes...) than to any question.
-        if near < known - OUT_OF_SCOPE_MARGIN or (near < known and p1 < ANSWER) or ranking.anchor_similarity > near:
+        # (An early exit has no similarities: the lexical view was sure of a topic's wording.)
+        far = near < known - OUT_OF_SCOPE_MARGIN or (near < known and p1 < ANSWER) or ranking.anchor_similarity > near
+        if ranking.embedded and far:
             return _Draft("out_of_scope", self._out_of_scope(lang), confidence=p1, lang=lang, failed=True)
         if p1 >= ANSWER and p2 < CLOSE * p1:
             return self._answer(self.kb.entries[top], p1, lang)
