@@ -15,6 +15,7 @@ from avatar.metrics import SPEECH_END, Metrics, SessionObserver, bounded_label
 from avatar.server.app import SESSIONS
 from avatar.server.engines import Engines
 from tests.conftest import make_settings
+from tests.test_listener import clip, make_rig, silence
 from tests.test_operator_api import sign_in, wait_until
 from tests.test_server import connect
 
@@ -181,3 +182,28 @@ async def test_the_readme_documents_every_metric(aiohttp_client: Any, engines: E
     # The parser names counters without their _total suffix.
     documented = {name.removesuffix("_total") for name in documented}
     assert exposed == documented
+
+
+async def test_spoken_turn_latency_through_the_real_listener(engines: Engines) -> None:
+    """A spoken question through the real listener (Silero VAD, Whisper, fake media clock): the
+    end of speech -> first audio histogram gets one observation, longer than text -> first audio
+    by at least the end-of-turn wait."""
+    import numpy as np
+
+    metrics = Metrics()
+    rig = make_rig(engines.vad(), engines.recognizer(), answer=lambda text: "Sure, let me help with that.")
+    rig.session.add_sink(SessionObserver(metrics, rig.session))
+    try:
+        await rig.play(np.concatenate([silence(0.5), clip("activate_card"), silence(2.5)]))
+        assert len(rig.driver.texts) == 1
+        assert any(e["type"] == "caption" for e in rig.events)
+    finally:
+        await rig.close()
+    got = samples(metrics.expose().decode())
+    assert got[("avatar_reply_latency_seconds_count", (("start", "speech_end"),))] == 1
+    assert got[("avatar_reply_latency_seconds_count", (("start", "text"),))] == 1
+    from_speech = got[("avatar_reply_latency_seconds_sum", (("start", "speech_end"),))]
+    from_text = got[("avatar_reply_latency_seconds_sum", (("start", "text"),))]
+    turn = rig.turns[0]
+    assert from_speech >= from_text + (turn.decided_at - turn.speech_end) - 1e-6
+    assert from_speech < 3.0
