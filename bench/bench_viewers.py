@@ -1,0 +1,304 @@
+"""Viewers of one broadcast stage: how many this machine holds at >= 24 fps each, and the server
+CPU each extra viewer costs.
+
+``avatar serve`` runs as a child process (its CPU is measured apart); one stage is created and
+viewers join it in steps through ``POST /api/stages/{id}/offer``. The viewers are aiortc peers in
+``--workers`` separate client processes, with decoders that decode nothing (a viewer's browser
+decodes on its own machine), so the client cost is separable and reported beside the server's.
+At each step, after the joins settle, every viewer's received video frame rate is measured over
+a window; a step holds when the slowest viewer gets >= 24 fps. The server renders and encodes
+the stage once whatever the number of viewers (``avatar/rtc/fanout.py``), so its cost per viewer
+is packetizing, SRTP and sending.
+
+    .venv/bin/python bench/bench_viewers.py [--steps 1,25,50,100,150,200] [--window 6] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import sys
+import time
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from bench import _harness as h  # noqa: E402
+from bench._report import write_section  # noqa: E402
+
+FPS_FLOOR = 24.0
+JOIN_BATCH = 8  # viewers joining at once (each join is an ICE + DTLS handshake)
+
+
+# -- client worker processes -----------------------------------------------------------------------
+class Viewer:
+    """A receive-only aiortc peer counting the frames it receives (nothing is decoded)."""
+
+    def __init__(self) -> None:
+        from aiortc import RTCPeerConnection
+
+        self.pc = RTCPeerConnection()
+        self.pc.addTransceiver("audio", direction="recvonly")
+        self.pc.addTransceiver("video", direction="recvonly")
+        self.frames = {"audio": 0, "video": 0}
+        self.tasks: list[asyncio.Task[None]] = []
+
+        @self.pc.on("track")
+        def _track(track: Any) -> None:
+            self.tasks.append(asyncio.create_task(self._count(track)))
+
+    async def _count(self, track: Any) -> None:
+        from aiortc.mediastreams import MediaStreamError
+
+        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
+            while True:
+                await track.recv()
+                self.frames[track.kind] += 1
+
+    async def join(self, http: Any, url: str) -> None:
+        from aiortc import RTCSessionDescription
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        body = {"sdp": self.pc.localDescription.sdp, "type": self.pc.localDescription.type}
+        async with http.post(url, json=body) as resp:
+            answer = await resp.json()
+            if resp.status != 200:
+                raise RuntimeError(f"join failed ({resp.status}): {answer.get('error')}")
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
+
+    async def close(self) -> None:
+        await self.pc.close()
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+def client_worker(conn: Connection, offer_url: str) -> None:
+    """Runs in a child process: ``("add", n)`` joins n viewers, ``("counts",)`` answers every
+    viewer's (video, audio) frame counts, ``("stop",)`` closes them all."""
+    h.loopback_ice_only()
+
+    async def main() -> None:
+        viewers: list[Viewer] = []
+        loop = asyncio.get_running_loop()
+        with h.null_decoders():
+            async with h.http_session() as http:
+                try:
+                    while True:
+                        command = await loop.run_in_executor(None, conn.recv)
+                        if command[0] == "add":
+                            for start in range(0, command[1], JOIN_BATCH):
+                                batch = [Viewer() for _ in range(min(JOIN_BATCH, command[1] - start))]
+                                viewers.extend(batch)
+                                await asyncio.gather(*(v.join(http, offer_url) for v in batch))
+                            conn.send(len(viewers))
+                        elif command[0] == "counts":
+                            conn.send([(v.frames["video"], v.frames["audio"]) for v in viewers])
+                        else:
+                            break
+                finally:
+                    await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
+                    conn.send("stopped")
+
+    asyncio.run(main())
+
+
+class Clients:
+    """``workers`` client processes; viewers are spread evenly over them."""
+
+    def __init__(self, workers: int, offer_url: str) -> None:
+        ctx = mp.get_context("spawn")
+        self.conns: list[Connection] = []
+        self.procs: list[Any] = []
+        for _ in range(workers):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=client_worker, args=(child, offer_url), daemon=True)
+            proc.start()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        self.count = 0
+
+    def pids(self) -> dict[str, int]:
+        return {f"client{i}": p.pid for i, p in enumerate(self.procs)}
+
+    def grow(self, total: int) -> None:
+        extra = total - self.count
+        shares = [extra // len(self.conns) + (1 if i < extra % len(self.conns) else 0) for i in range(len(self.conns))]
+        for conn, share in zip(self.conns, shares, strict=True):
+            conn.send(("add", share))
+        for conn in self.conns:
+            if not conn.poll(300):
+                raise RuntimeError("a client worker did not finish joining within 300 s")
+            conn.recv()
+        self.count = total
+
+    def counts(self) -> list[tuple[int, int]]:
+        for conn in self.conns:
+            conn.send(("counts",))
+        out: list[tuple[int, int]] = []
+        for conn in self.conns:
+            out.extend(conn.recv())
+        return out
+
+    def close(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                conn.send(("stop",))
+        for conn, proc in zip(self.conns, self.procs, strict=True):
+            with contextlib.suppress(OSError, EOFError):
+                if conn.poll(30):
+                    conn.recv()
+            proc.join(10)
+            if proc.is_alive():
+                proc.kill()
+
+
+# -- the measurement ------------------------------------------------------------------------------------
+def measure_step(clients: Clients, server_pid: int, window: float) -> dict[str, Any]:
+    window_cpu = h.CpuWindow({"server": server_pid, **clients.pids()})
+    before = clients.counts()
+    window_cpu.start()
+    t0 = time.monotonic()
+    time.sleep(window)
+    after = clients.counts()
+    elapsed = time.monotonic() - t0
+    cpu = window_cpu.stop()
+    video = np.array([(a[0] - b[0]) / elapsed for a, b in zip(after, before, strict=True)])
+    audio = np.array([(a[1] - b[1]) / elapsed for a, b in zip(after, before, strict=True)])
+    clients_cpu = sum(v for k, v in cpu.items() if k.startswith("client"))
+    return {
+        "viewers": len(video),
+        "fps_min": float(video.min()),
+        "fps_p10": float(np.percentile(video, 10)),
+        "fps_median": float(np.median(video)),
+        "audio_median": float(np.median(audio)),
+        "server_cpu": cpu["server"],
+        "clients_cpu": clients_cpu,
+        "others_cpu": cpu["others"],
+        "holds": bool(video.min() >= FPS_FLOOR),
+        "load": os.getloadavg()[0],
+    }
+
+
+def run(steps: list[int], window: float, settle: float, workers: int) -> tuple[list[dict[str, Any]], str]:
+    import json
+    import urllib.request
+
+    with h.ServerProcess(max_sessions=8) as server:
+        request = urllib.request.Request(
+            f"{server.url}/api/stages",
+            method="POST",
+            data=json.dumps({"driver": "script"}).encode(),
+            headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as resp:
+            stage = json.load(resp)
+        offer_url = f"{server.url}/api/stages/{stage['stage_id']}/offer?key={stage['view_key']}"
+        clients = Clients(workers, offer_url)
+        results: list[dict[str, Any]] = []
+        try:
+            for n in steps:
+                clients.grow(n)
+                time.sleep(settle)
+                result = measure_step(clients, server.pid, window)
+                results.append(result)
+                print(
+                    f"{n:4d} viewers: fps min {result['fps_min']:.1f} p10 {result['fps_p10']:.1f} "
+                    f"median {result['fps_median']:.1f}; server {result['server_cpu']:.0f}% "
+                    f"clients {result['clients_cpu']:.0f}% others {result['others_cpu']:.0f}% of one core; "
+                    f"load {result['load']:.1f} {'holds' if result['holds'] else 'FAILS'}",
+                    flush=True,
+                )
+                if not result["holds"]:
+                    break
+        finally:
+            clients.close()
+        return results, stage["stage_id"]
+
+
+def per_viewer_cost(results: list[dict[str, Any]]) -> float:
+    """Server CPU per extra viewer, % of one core: the slope of a least-squares line through the
+    steps that held (the stage's one render and encode are the intercept)."""
+    held = [r for r in results if r["holds"]]
+    if len(held) < 2:
+        return float("nan")
+    x = np.array([r["viewers"] for r in held], dtype=float)
+    y = np.array([r["server_cpu"] for r in held], dtype=float)
+    slope, _ = np.polyfit(x, y, 1)
+    return float(slope)
+
+
+def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
+    held = [r for r in results if r["holds"]]
+    most = max((r["viewers"] for r in held), default=0)
+    slope = per_viewer_cost(results)
+    rows = "\n".join(
+        f"| {r['viewers']} | {r['fps_min']:.1f} / {r['fps_p10']:.1f} / {r['fps_median']:.1f} | "
+        f"{r['audio_median']:.0f} | {r['server_cpu']:.0f} | {r['clients_cpu']:.0f} | {r['others_cpu']:.0f} | "
+        f"{r['load']:.1f} | {'yes' if r['holds'] else 'no'} |"
+        for r in results
+    )
+    last_failed = results and not results[-1]["holds"]
+    headline = (
+        f"**{most} viewers** of one stage held >= {FPS_FLOOR:.0f} fps each"
+        + ("" if last_failed else " (the largest step tried; the limit is higher)")
+        + f"; server CPU per extra viewer **{slope:.2f} % of one core** "
+        f"({slope * 10:.2f} ms of CPU per viewer per second)."
+    )
+    return f"""## Viewers of one broadcast stage (bench/bench_viewers.py)
+
+`{command}`
+
+{headline}
+
+The stage is rendered once and encoded once per codec (VP8 here); every viewer gets the same
+packets. Viewers are aiortc peers in {workers} client processes that decode nothing (their
+browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts
+(SRTP) and sends about 25 video and 50 audio packets a second. Frame rates are each viewer's
+received video frames over the window; a step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps.
+CPU is % of one core over the window (200 = both cores); "others" is everything else running on
+the machine at the time (this machine is shared).
+
+| viewers | video fps min / p10 / median | audio pkts/s (median) | server CPU % | clients CPU % | others CPU % | load avg | holds |
+|---|---|---|---|---|---|---|---|
+{rows}
+
+{h.machine_line()}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", default="1,25,50,100,150,200", help="viewer counts to measure, ascending")
+    parser.add_argument("--window", type=float, default=6.0, help="seconds measured at each step")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds after the joins before measuring")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args()
+    try:
+        steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
+    except ValueError:
+        print("--steps must be comma-separated integers", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not steps or steps[0] < 1 or args.window <= 0 or args.workers < 1:
+        print("--steps must be positive, --window > 0, --workers >= 1", file=sys.stderr)
+        raise SystemExit(2)
+    results, _ = run(steps, args.window, args.settle, args.workers)
+    command = ".venv/bin/python bench/bench_viewers.py " + " ".join(sys.argv[1:])
+    text = section(results, command.strip(), args.workers)
+    print(text)
+    if not args.no_write:
+        write_section("viewers", text)
+
+
+if __name__ == "__main__":
+    main()
