@@ -15,7 +15,7 @@ from avatar.speech.asr.base import ASRError, PartialSchedule
 from avatar.speech.asr.openai import OpenAIASR, transcriptions_url
 from avatar.speech.asr.prompt import BANKING_WORDS, domain_prompt, estimate_tokens
 from avatar.speech.asr.registry import ASRSettings, build_recognizer
-from avatar.speech.asr.whisper import WhisperASR, bundled_model_dir
+from avatar.speech.asr.whisper import WhisperASR, bundled_model_dir, encoder_input, token_budget
 from tests.fakes.transcribe_server import FakeTranscribeServer
 
 SPEECH = Path(__file__).parent / "data" / "speech"
@@ -78,6 +78,46 @@ async def test_whisper_edge_cases(whisper: WhisperASR) -> None:
         await whisper.transcribe(clip("uh_huh"), "zh-CN")
     with pytest.raises(ASRError, match="int16"):
         await whisper.transcribe(np.zeros(1600, np.float32), "en")
+
+
+@pytest.mark.slow
+async def test_the_short_window_recognises_a_noisy_question_once(whisper: WhisperASR) -> None:
+    # Encoders given only a little more than the utterance make tiny.en say it again and again
+    # in noise ("How do I activate my new card? How do I activate my new card? ..."); the
+    # 10 s window does not, and recognises what the full 30 s window does.
+    audio = np.concatenate([np.zeros(4800, np.int16), clip("activate_card"), np.zeros(1600, np.int16)])
+    noise = np.random.default_rng(0).normal(0.0, 0.02 * 32768, audio.size)
+    noisy = np.clip(audio + noise, -32768, 32767).astype(np.int16)
+    assert whisper.window == 10.0
+    transcript = await whisper.transcribe(noisy, "en", domain_prompt([], "en"))
+    assert words_of(transcript.text) == ["how", "do", "i", "activate", "my", "new", "card"], transcript.text
+
+
+def test_the_encoder_sees_the_window_or_the_utterance_and_a_margin() -> None:
+    padded = np.zeros((80, 3000), np.float32)
+    padded[:, :150] = -0.5  # 1.5 s of features, then faster-whisper's zero padding
+    assert encoder_input(padded, 1000).shape == (1, 80, 1000)
+    assert encoder_input(padded, 100).shape == (1, 80, 250)  # the utterance and 1 s after it
+    assert encoder_input(padded, 3000).shape == (1, 80, 3000)
+    padded[:, :2950] = -0.5  # a long utterance: never more than faster-whisper gave
+    assert encoder_input(padded, 1000).shape == (1, 80, 3000)
+    odd = np.zeros((1, 80, 3000), np.float32)
+    odd[..., :51] = 1.0
+    out = encoder_input(odd, 101)
+    assert out.shape == (1, 80, 152) and out.flags.c_contiguous  # even: the encoder halves it
+    assert np.array_equal(out[..., :51], odd[..., :51]) and not out[..., 51:].any()
+    assert encoder_input(np.zeros((80, 3000), np.float32), 0).shape == (1, 80, 100)  # silence
+
+
+def test_the_token_budget_grows_with_the_audio_and_fits_the_decoder() -> None:
+    assert token_budget(0.0) == 16 and token_budget(2.0) == 36
+    assert token_budget(30.0) == 448 - 223 - 5  # beside faster-whisper's longest prompt
+
+
+def test_the_window_must_be_within_whispers_own() -> None:
+    for window in (0.0, -1.0, 31.0):
+        with pytest.raises(ASRError, match="window"):
+            WhisperASR(window=window)
 
 
 @pytest.mark.slow
@@ -193,6 +233,8 @@ def test_registry_errors_name_the_problem(tmp_path: Path) -> None:
         build_recognizer(ASRSettings(engine="openai"))
     with pytest.raises(ASRError, match="not found"):
         build_recognizer(ASRSettings(model_dir=tmp_path / "nowhere"))
+    with pytest.raises(ASRError, match=r"window must be within \(0, 30\]"):
+        build_recognizer(ASRSettings(window=40.0))
     (tmp_path / "model.bin").write_bytes(b"")
     with pytest.raises(ASRError, match=r"missing config\.json, tokenizer\.json"):
         build_recognizer(ASRSettings(model_dir=tmp_path))

@@ -80,6 +80,7 @@ class Engines:
                 engine=s.asr_engine,
                 model_dir=s.asr_model_dir,
                 cpu_threads=s.asr_cpu_threads,
+                window=s.asr_window,
                 url=s.asr_url,
                 model=s.asr_model,
                 api_key=s.asr_api_key,

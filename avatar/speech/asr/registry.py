@@ -21,7 +21,8 @@ class ASRSettings:
     ``engine``: ``"whisper"`` (local faster-whisper) or ``"openai"`` (an OpenAI-compatible
     ``/v1/audio/transcriptions`` endpoint).
     whisper: ``model_dir`` is a CTranslate2 Whisper model directory, ``None`` for the
-    embedded tiny.en (English only); ``cpu_threads``, ``compute_type``, ``beam_size``.
+    embedded tiny.en (English only); ``cpu_threads``, ``compute_type``, ``beam_size``,
+    ``window`` (seconds of audio the encoder sees; 30 is Whisper's own, shorter is faster).
     openai: ``url`` (API base or full endpoint URL), ``model``, ``api_key``, ``timeout`` (s).
     """
 
@@ -30,6 +31,7 @@ class ASRSettings:
     cpu_threads: int = 2
     compute_type: str = "int8"
     beam_size: int = 1
+    window: float = 10.0
     url: str | None = None
     model: str = "whisper-1"
     api_key: str | None = None
@@ -56,6 +58,7 @@ def build_recognizer(settings: ASRSettings) -> SpeechRecognizer:
             cpu_threads=settings.cpu_threads,
             compute_type=settings.compute_type,
             beam_size=settings.beam_size,
+            window=settings.window,
         )
     if engine == "openai":
         from avatar.speech.asr.openai import OpenAIASR

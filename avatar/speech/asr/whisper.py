@@ -9,6 +9,16 @@ and ``tokenizer.json``.
 One ``WhisperASR`` per model per process. Inference runs on the engine's own worker
 thread, one utterance at a time (CTranslate2 already uses ``cpu_threads`` cores for one
 utterance; two at once would only slow both), finals before partials, in arrival order.
+
+Short utterances are cheap because the encoder sees a shorter window than Whisper's 30 s:
+faster-whisper pads every utterance to 30 s of features and the encoder's cost grows with
+its input (here about 300 ms for 30 s, 50 ms for 10 s, on 2 idle cores), so ``window``
+seconds (at least the utterance plus ``_MARGIN``) are encoded instead. Much shorter
+windows make tiny.en repeat the utterance over and over ("How do I activate my new card?
+How do I activate my new card? ..."), in noise especially; 10 s never did on the
+benchmark's questions, with or without noise, and recognised as many right as 30 s. Decoding
+is greedy without temperature fallback and bounded by the audio's length, so one
+utterance costs one bounded pass.
 """
 
 from __future__ import annotations
@@ -33,6 +43,15 @@ log = logging.getLogger(__name__)
 
 _REQUIRED_FILES = ("model.bin", "config.json", "tokenizer.json")
 _STOP, _FINAL, _PARTIAL = -1, 0, 1  # queue priorities: lower runs first
+FRAMES_PER_SECOND = 100  # Whisper's feature frames (10 ms hop)
+FULL_WINDOW = 30.0  # seconds: Whisper's own window
+_MARGIN = 100  # feature frames kept after the utterance's last one, even when the window is shorter
+# Decoding budget: a fixed allowance plus tokens per second of audio (fast speech is about
+# 5 tokens/s with punctuation), so a decoder that loops stops early.
+_TOKENS_BASE, _TOKENS_PER_SECOND = 16, 10.0
+# The decoder holds 448 tokens; faster-whisper keeps at most 223 of the prompt, plus up to 5
+# special tokens, and refuses a budget that does not fit beside them.
+_MAX_NEW_TOKENS = 448 - 223 - 5
 
 
 def bundled_model_dir() -> Path:
@@ -69,6 +88,27 @@ class _Job:
     future: Future[Transcript]
 
 
+def encoder_input(features: np.ndarray, frames: int) -> np.ndarray:
+    """The part of faster-whisper's padded features (``(80, 3000)`` or ``(1, 80, 3000)``,
+    zero columns after the audio) that the encoder sees: ``frames`` columns, or the audio's
+    columns plus ``_MARGIN`` if that is more, never more than given; an even count (the
+    encoder's convolution halves it)."""
+    if features.ndim == 2:
+        features = features[None]
+    voiced = np.flatnonzero(np.any(features[0] != 0.0, axis=0))
+    content = int(voiced[-1]) + 1 if voiced.size else 0
+    total = features.shape[-1]
+    keep = min(total, max(frames, content + _MARGIN))
+    keep = min(total, keep + keep % 2)
+    return np.ascontiguousarray(features[..., :keep])
+
+
+def token_budget(seconds: float) -> int:
+    """The most tokens to decode for ``seconds`` of audio (at most what fits beside the
+    longest prompt in Whisper's 448-token decoder)."""
+    return min(_MAX_NEW_TOKENS, int(_TOKENS_BASE + _TOKENS_PER_SECOND * seconds))
+
+
 def _base_lang(lang: str | None) -> str | None:
     """Whisper language code from a tag such as "zh-CN" or "en_US"."""
     if lang is None:
@@ -83,7 +123,8 @@ class WhisperASR:
     ``cpu_threads`` is CTranslate2's thread count for one utterance; ``compute_type``
     ``"int8"`` is fastest on CPUs; ``beam_size=1`` (greedy) costs least and, with a
     domain prompt, loses nothing measurable on short questions; ``word_timestamps`` adds
-    word times to transcripts at some extra cost.
+    word times to transcripts at some extra cost; ``window`` is the seconds of audio the
+    encoder sees (30: Whisper's own; shorter is faster, see the module docstring).
     """
 
     name = "whisper"
@@ -97,7 +138,10 @@ class WhisperASR:
         compute_type: str = "int8",
         beam_size: int = 1,
         word_timestamps: bool = False,
+        window: float = 10.0,
     ) -> None:
+        if not 0.0 < window <= FULL_WINDOW:
+            raise ASRError(f"the Whisper window must be within (0, {FULL_WINDOW:g}] seconds, not {window}")
         directory = check_model_dir(Path(model_dir) if model_dir is not None else bundled_model_dir())
         # faster-whisper reaches for the Hugging Face Hub only when given a model name or a
         # directory without a tokenizer; this makes any such slip fail instead of download.
@@ -108,8 +152,16 @@ class WhisperASR:
             raise ASRError(
                 "local speech recognition needs faster-whisper: pip install faster-whisper"
             ) from exc
+        frames = round(window * FRAMES_PER_SECOND)
+
+        class WindowedWhisperModel(WhisperModel):
+            """faster-whisper, encoding ``window`` seconds instead of 30 (see the module docstring)."""
+
+            def encode(self, features: np.ndarray) -> Any:
+                return super().encode(encoder_input(features, frames))
+
         try:
-            self._model: Any = WhisperModel(
+            self._model: Any = WindowedWhisperModel(
                 str(directory),
                 device="cpu",
                 compute_type=compute_type,
@@ -122,6 +174,7 @@ class WhisperASR:
         self.multilingual = bool(self._model.model.is_multilingual)
         self._beam_size = beam_size
         self._word_timestamps = word_timestamps
+        self.window = frames / FRAMES_PER_SECOND
         self._queue: queue.PriorityQueue[tuple[int, int, _Job | None]] = queue.PriorityQueue()
         self._order = itertools.count()
         self._lock = threading.Lock()
@@ -216,6 +269,12 @@ class WhisperASR:
             vad_filter=False,
             condition_on_previous_text=False,
             word_timestamps=self._word_timestamps,
+            # One utterance needs no segment times; one greedy pass, bounded by the audio's
+            # length (the temperature fallback re-decodes up to five times and recognised no
+            # more of the benchmark's questions, in noise or not).
+            without_timestamps=not self._word_timestamps,
+            temperature=0.0,
+            max_new_tokens=token_budget(job.audio.size / SAMPLE_RATE),
         )
         texts: list[str] = []
         words: list[Word] = []
