@@ -16,17 +16,18 @@ decisions are handled on the event loop.
 A turn ends in one call, ``session.customer_text(text)`` (transcript, ``transcript`` event,
 the driver's answer). To answer quickly:
 
-- recognition starts *speculatively* while the customer may be done: at a pause of
-  ``end_gap`` after their speech, at shorter pauses (``pause_gap``) when no recognition is
-  running and one is due (``partial_interval``), for engines that afford partial transcripts,
-  and at the endpointer's ``SpeechEnded``. A speculation whose speech was followed by more
-  speech is stale; its text is still shown as the live (partial) transcript. The rate limit
-  matters: recognitions run one at a time, so one started in the middle of the speech can
-  hold up the one that ends the turn.
+- recognition starts *speculatively* while the customer may be done: at the first pause of
+  ``pause_gap`` after their speech (for engines that afford partial transcripts; Silero
+  hardly ever dips inside a word, so these are the pauses between phrases and the end of
+  the turn), and at the endpointer's ``SpeechEnded`` (every engine). A speculation whose
+  speech was followed by more speech is stale; its text is still shown as the live
+  (partial) transcript. Recognitions run one at a time, so a newer speculation withdraws an
+  older one still queued.
 - the turn is taken as over ``commit_silence`` after the speech when the speculative
   transcript *reads* finished ("How do I activate my new card?"); otherwise the endpointer's
   end-of-turn silence decides (longer when the words trail off: "...my card and"), and a
-  speculation covering exactly that speech is reused instead of recognising again.
+  speculation covering exactly that speech is reused instead of recognising again. A
+  customer who goes on after a turn taken early cuts in on the answer like any barge-in.
 
 Barge-in: the guard's ``BargeIn`` calls ``session.interrupt()`` at once (the stage flush is
 immediate; the driver's answer in progress is cancelled). Speech over the avatar that never
@@ -154,10 +155,11 @@ def frame_pcm(frame: av.AudioFrame) -> tuple[np.ndarray, int, int]:
 class ListenerConfig:
     """How a session listens. Durations in seconds of media time.
 
-    ``end_gap``: silence after speech that starts a speculative recognition of the turn so
-    far; ``pause_gap``: a shorter silence that does so when nothing is being recognised and
-    a partial transcript is due (engines with partial transcripts only). ``commit_silence``: silence after which a turn whose words read
-    finished is over (``early_commit``); otherwise the endpointer's ``end_of_turn`` decides.
+    ``pause_gap``: silence after speech that starts a speculative recognition of the turn so
+    far (engines with partial transcripts only; one VAD window: the first silent one).
+    ``commit_silence``: silence after which a turn whose words read finished is over
+    (``early_commit``; the ``end_of_turn_finished`` setting); otherwise the endpointer's
+    ``end_of_turn`` decides.
     ``partials``: live transcripts while the customer speaks, at most one per
     ``partial_interval`` of speech and none before ``partial_min_audio``. Silence timers of 0
     or less are off; a prompt due no earlier than the goodbye is skipped.
@@ -166,10 +168,9 @@ class ListenerConfig:
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)
     bargein: BargeInConfig = field(default_factory=BargeInConfig)
     speculate_at_pauses: bool = True
-    pause_gap: float = 0.064
-    end_gap: float = 0.16
+    pause_gap: float = 0.032
     early_commit: bool = True
-    commit_silence: float = 0.25
+    commit_silence: float = 0.2
     partials: bool = True
     partial_interval: float = 1.0
     partial_min_audio: float = 0.8
@@ -186,8 +187,11 @@ class ListenerConfig:
         endpoint = EndpointConfig(
             hangover=min(0.3, eot), end_of_turn=eot, end_of_turn_unfinished=max(1.5, eot)
         )
+        finished = settings.end_of_turn_finished
         return cls(
             endpoint=endpoint,
+            early_commit=finished > 0,
+            commit_silence=min(finished, eot) if finished > 0 else eot,
             bargein=BargeInConfig(ignore_backchannel=settings.ignore_backchannel),
             silence_prompt_after=settings.silence_prompt_after,
             silence_close_after=settings.silence_close_after,
@@ -459,8 +463,8 @@ class Listener:
             self._last_voice = frame.end
         self._handle(events)
         if ep.state is EndpointState.SPEAKING:
-            if frame.probability < neg and frame.end - self._speech_end >= self.config.pause_gap:
-                self._speculate_at_pause(frame.end - self._speech_end)
+            if frame.probability < neg and frame.end - self._speech_end >= self.config.pause_gap - 1e-9:
+                self._speculate_at_pause()
             self._maybe_partial(frame.end)
         self._maybe_commit_early()
 
@@ -541,18 +545,12 @@ class Listener:
             old.task.cancel()  # withdrawn if it has not started; a running one is left to finish
         self._spec = self._recognise(audio, speech_end, partial=False)
 
-    def _speculate_at_pause(self, silence: float) -> None:
+    def _speculate_at_pause(self) -> None:
         if not (self.config.speculate_at_pauses and self.recognizer.supports_partial):
             return
         spec = self._spec
         if spec is not None and spec.speech_end == self._speech_end:
-            return
-        if silence < self.config.end_gap:
-            # A short pause, most likely between words: only when the recogniser is free and
-            # a live transcript is due anyway.
-            busy = any(r is not None and not r.task.done() for r in (spec, self._partial))
-            if busy or not self._schedule.due(self._speech_end - self._turn_audio_start):
-                return
+            return  # this pause's speech is being (or has been) recognised
         until = self._speech_end + self.config.endpoint.post_roll
         self._start_speculation(self._turn_audio(until), self._speech_end)
 
@@ -770,6 +768,32 @@ class Listener:
             self._prompted = True
             log.info("session %s: customer silent for %.0f s: prompt", session.id, quiet)
             self._say("prompt")
+
+
+#: Packets aiortc's audio receiver holds before handing on the oldest: 1 (it needs the next
+#: packet to see that a frame is whole) instead of aiortc's 4.
+RECEIVE_PREFETCH = 1
+
+
+def tighten_receive_buffer(pc: Any, track: MediaStreamTrack, prefetch: int = RECEIVE_PREFETCH) -> bool:
+    """Make aiortc hand the customer's audio ``track`` on as soon as the next packet arrives.
+
+    aiortc's audio receiver holds 4 packets (80 ms) in its jitter buffer before releasing the
+    oldest, smoothing play-out for a listener that plays it. The listener needs no smoothing
+    (it times inbound audio by arrival itself), and every 20 ms held is 20 ms later hearing the
+    customer stop or cut in. Reordering is still absorbed (a frame waits for a missing one).
+    aiortc has no public setting for this: on an aiortc whose receiver looks different,
+    nothing changes and a warning is logged. Call it with the received track (not a relay of
+    it) before media flows: when the track is announced."""
+    receiver = next(
+        (t.receiver for t in pc.getTransceivers() if getattr(t.receiver, "track", None) is track), None
+    )
+    buffer = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if buffer is None or not isinstance(getattr(buffer, "_prefetch", None), int):
+        log.warning("aiortc's audio receive buffer was not found: inbound audio keeps its 80 ms delay")
+        return False
+    buffer._prefetch = min(buffer._prefetch, prefetch)
+    return True
 
 
 async def listen(session: Session, track: MediaStreamTrack, engines: Engines) -> None:

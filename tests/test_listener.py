@@ -31,6 +31,7 @@ from avatar.listener import (
     ListenerConfig,
     TurnRecord,
     reads_finished,
+    tighten_receive_buffer,
 )
 from avatar.server.engines import Engines, brain_vocabulary
 from avatar.session import Session
@@ -545,6 +546,41 @@ class WavMicrophone(MediaStreamTrack):
         frame.time_base = Fraction(1, AUDIO_RATE)
         self.sent += FRAME
         return frame
+
+
+async def test_the_receive_buffer_hands_on_audio_at_the_next_packet() -> None:
+    """aiortc holds 4 packets of inbound audio (80 ms) before releasing one; the listener's
+    track is tightened to hold the next packet only."""
+    from aiortc import RTCPeerConnection
+
+    sender, receiver = RTCPeerConnection(), RTCPeerConnection()
+    sender.addTrack(WavMicrophone(np.concatenate([clip("account_balance"), silence(5.0)])))
+    tracks: list[MediaStreamTrack] = []
+    tightened: list[bool] = []
+
+    @receiver.on("track")
+    def on_track(track: MediaStreamTrack) -> None:
+        tracks.append(track)
+        tightened.append(tighten_receive_buffer(receiver, track))
+
+    try:
+        await sender.setLocalDescription(await sender.createOffer())
+        await receiver.setRemoteDescription(sender.localDescription)
+        await receiver.setLocalDescription(await receiver.createAnswer())
+        await sender.setRemoteDescription(receiver.localDescription)
+        assert tightened == [True]
+        (track,) = tracks
+        held = []
+        buffer = receiver.getTransceivers()[0].receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        for _ in range(25):  # half a second of audio
+            await asyncio.wait_for(track.recv(), 10.0)
+            held.append(sum(packet is not None for packet in buffer._packets))
+        assert buffer._prefetch == 1 and max(held) <= 2, held
+        # A track the connection does not receive is left alone.
+        assert not tighten_receive_buffer(sender, track)
+    finally:
+        await sender.close()
+        await receiver.close()
 
 
 async def test_a_question_over_webrtc_is_transcribed_and_answered(

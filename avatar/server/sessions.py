@@ -205,10 +205,11 @@ class SessionManager:
                 session.spawn(drive_from_track(track, session.stage, puppet, self.engines.render_pool), "mirror")
                 return
             if track.kind == "audio" and session.mode == "call":
-                from avatar.listener import listen
+                from avatar.listener import listen, tighten_receive_buffer
 
                 # The customer's microphone: heard for turns, partial transcripts and barge-in,
                 # through a relay so that operators watching the session hear it too.
+                tighten_receive_buffer(pc, track)  # before its first packet: heard 60 ms sooner
                 peer.mic, peer.mic_relay = track, MediaRelay()
                 session.spawn(listen(session, peer.mic_relay.subscribe(track), self.engines), "listen")
                 return
