@@ -63,16 +63,16 @@ class Settings:
     # [security]
     tls_cert: Path | None = None  # PEM certificate (chain); with tls_key the server speaks HTTPS
     tls_key: Path | None = None
-    allowed_origins: list[str] = field(default_factory=list)  # operator WebSocket origins besides the server's own
+    allowed_origins: list[str] = field(default_factory=list)  # operator WebSocket origins besides our own
     frame_ancestors: list[str] = field(default_factory=lambda: ["'self'"])  # who may frame the pages (CSP)
     max_sessions_per_client: int = 8  # live sessions per client address (customers behind one NAT share one)
-    trusted_proxies: list[str] = field(default_factory=list)  # addresses/networks whose X-Forwarded-For is believed
+    trusted_proxies: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
     channel_rate: float = 5.0  # data-channel messages per second per session (sustained) ...
     channel_burst: int = 20  # ... and in a burst
     turn_secret: str | None = None  # coturn static-auth-secret: time-limited TURN credentials for the page
     turn_urls: list[str] = field(default_factory=list)  # e.g. ["turn:turn.example.com:3478?transport=udp"]
     turn_ttl: int = 3600  # seconds a TURN credential stays valid
-    metrics_auth: str = "token"  # GET /metrics: "token" (the API token) or "none" (open: block it at the proxy)
+    metrics_auth: str = "token"  # GET /metrics: "token" (the API token) or "none" (block it at the proxy)
     # [media]
     fps: int = 25
     width: int = 512
@@ -298,10 +298,10 @@ def _validate_security(s: Settings) -> None:
             raise ConfigError(f"{key}: no such file {str(path)!r}")
     for origin in s.allowed_origins:
         if origin != "*" and not origin.startswith(("http://", "https://")):
-            raise ConfigError(f"allowed_origins: {origin!r} is not an origin such as https://desk.example.com")
+            raise ConfigError(f"allowed_origins: {origin!r} is not an origin like https://desk.example.com")
     for source in s.frame_ancestors:
         if not source or any(c in source for c in "; ,\t\n"):
-            raise ConfigError(f"frame_ancestors: {source!r} is not one CSP source such as 'self' or https://example.com")
+            raise ConfigError(f"frame_ancestors: {source!r} is not one CSP source ('self', https://a.example)")
     if s.max_sessions_per_client < 1:
         raise ConfigError("max_sessions_per_client: must be at least 1")
     if s.channel_burst < 1:

@@ -75,7 +75,9 @@ class RedactingFormatter(logging.Formatter):
         return _redact(super().format(record))
 
 
-def configure_logging(level: str = "INFO", log_format: str = "text", stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: str = "INFO", log_format: str = "text", stream: TextIO | None = None
+) -> logging.Handler:
     """Send every log record to ``stream`` (stderr) in ``log_format``; returns the handler.
     Replaces the root logger's handlers, so calling it twice does not double the lines."""
     handler = logging.StreamHandler(stream or sys.stderr)

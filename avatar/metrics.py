@@ -75,7 +75,9 @@ class Metrics:
         self.sessions_started = Counter("avatar_sessions_started", "Sessions started", ["mode"], registry=r)
         self.handoffs = Counter("avatar_handoffs", "Requests for a human operator", ["reason"], registry=r)
         self.takeovers = Counter("avatar_takeovers", "Operator takeovers of a session", registry=r)
-        self.handbacks = Counter("avatar_handbacks", "Sessions handed back to the AI by an operator", registry=r)
+        self.handbacks = Counter(
+            "avatar_handbacks", "Sessions handed back to the AI by an operator", registry=r
+        )
         self.errors = Counter("avatar_errors", "Errors by kind", ["kind"], registry=r)
         self.ended = _TrackTotals()
         #: Live sources read at scrape time (``bind``): the session manager and its peers, and
@@ -98,7 +100,9 @@ class Metrics:
     def session_started(self, session: Any) -> None:
         self.sessions_started.labels(bounded_label(getattr(session, "mode", "call"))).inc()
         session.add_sink(SessionObserver(self, session))
-        session.handoff_listeners.append(lambda _session, reason: self.handoffs.labels(bounded_label(reason)).inc())
+        session.handoff_listeners.append(
+            lambda _session, reason: self.handoffs.labels(bounded_label(reason)).inc()
+        )
         peer = self._manager.peers.get(session.id) if self._manager is not None else None
         if peer is not None:  # broadcast stages have no customer peer
             self._peers[session.id] = peer
@@ -187,7 +191,9 @@ class _LiveCollector(Collector):
         offset.add_metric([], worst)
         yield offset
 
-        viewers = GaugeMetricFamily("avatar_stage_viewers", "Viewers watching each broadcast stage", labels=["stage"])
+        viewers = GaugeMetricFamily(
+            "avatar_stage_viewers", "Viewers watching each broadcast stage", labels=["stage"]
+        )
         if m._stages is not None:
             for stage_id, count in sorted(m._stages().items()):
                 viewers.add_metric([stage_id], count)

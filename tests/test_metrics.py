@@ -51,6 +51,7 @@ async def test_metrics_move_after_a_session_speaks(client: TestClient, auth: dic
         client.app[SESSIONS].sessions[sid].request_handoff("Mr Smith wants a person")  # free text
         alice = await sign_in(client, "alice")
         assert (await client.post(f"/api/sessions/{sid}/takeover", headers=alice)).status == 200
+        assert (await client.post(f"/api/sessions/{sid}/takeover", headers=alice)).status == 200  # already held
         assert (await client.post(f"/api/sessions/{sid}/handback", headers=alice)).status == 200
         await wait_until(lambda: len(customer.got.video_pts) > 5 and len(customer.got.audio_pts) > 5)
 

@@ -75,15 +75,20 @@ async def _observed(
     if request.headers.get("Upgrade", "").lower() == "websocket":
         require_origin(request, request.app[SETTINGS])
     session_id = request.match_info.get("session_id")
+    route = request.match_info.route.resource
+    counter = _DESK_ROUTES.get(route.canonical) if route is not None else None
+    # A takeover or handback counts when it changed the driver of a session this process owns
+    # (not a repeated takeover by the holder, nor a request forwarded to the owning process).
+    owned = counter is not None and session_id is not None and SESSIONS in request.app
+    session = request.app[SESSIONS].get(session_id) if owned and session_id else None
+    driver_before = session.driver if session is not None else None
     token = SESSION_ID.set(session_id) if session_id else None
     try:
         response = await handler(request)
     finally:
         if token is not None:
             SESSION_ID.reset(token)
-    route = request.match_info.route.resource
-    counter = _DESK_ROUTES.get(route.canonical) if route is not None else None
-    if counter is not None and response.status == 200 and METRICS in request.app:
+    if counter and session is not None and response.status == 200 and session.driver is not driver_before:
         getattr(request.app[METRICS], counter).inc()
     return response
 

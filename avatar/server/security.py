@@ -103,7 +103,8 @@ def client_address(request: web.Request, trusted_proxies: list[str]) -> str:
     networks = _networks(trusted_proxies)
     if not networks or not _trusted(peer, networks):
         return peer
-    hops = [h.strip() for h in ",".join(request.headers.getall("X-Forwarded-For", [])).split(",") if h.strip()]
+    header = ",".join(request.headers.getall("X-Forwarded-For", []))
+    hops = [h.strip() for h in header.split(",") if h.strip()]
     for hop in reversed(hops):
         if not _trusted(hop, networks):
             return hop
@@ -259,7 +260,9 @@ def rate_limited(
 # -- TURN credentials (the coturn REST API scheme) ------------------------------------------------
 
 
-def turn_credentials(secret: str, ttl: int, now: float | None = None, tag: str | None = None) -> tuple[str, str]:
+def turn_credentials(
+    secret: str, ttl: int, now: float | None = None, tag: str | None = None
+) -> tuple[str, str]:
     """A time-limited TURN username and password as coturn's ``use-auth-secret`` checks them:
     username ``"<expiry unix time>:<tag>"``, password ``base64(HMAC-SHA1(secret, username))``.
     The tag is random: it names no customer."""
