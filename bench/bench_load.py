@@ -124,7 +124,7 @@ async def one_session(http: aiohttp.ClientSession, server: ServerProcess, index:
         await customer.close()
 
 
-async def run(sessions: int, parallel: int) -> tuple[list[Snapshot], dict[str, float]]:
+async def run(sessions: int, parallel: int, every: int = 100) -> tuple[list[Snapshot], dict[str, float]]:
     loopback_ice_only()
     snapshots: list[Snapshot] = []
     failures = 0
@@ -146,7 +146,7 @@ async def run(sessions: int, parallel: int) -> tuple[list[Snapshot], dict[str, f
                         failures += 1
                         print(f"session failed: {result}", file=sys.stderr)
                 done += batch
-                if done % 100 == 0 or done == sessions:
+                if done % every == 0 or done == sessions:
                     snapshots.append(await snapshot(http, server, done))
                     s = snapshots[-1]
                     print(
@@ -190,12 +190,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sessions", type=int, default=500)
     parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--every", type=int, default=100, help="measure after every N sessions")
     parser.add_argument("--no-write", action="store_true", help="print, do not update BENCHMARKS.md")
     args = parser.parse_args()
-    if args.sessions < 1 or args.parallel < 1:
-        print("bench_load: --sessions and --parallel must be at least 1", file=sys.stderr)
+    if args.sessions < 1 or args.parallel < 1 or args.every < 1:
+        print("bench_load: --sessions, --parallel and --every must be at least 1", file=sys.stderr)
         return 2
-    snapshots, extra = asyncio.run(run(args.sessions, args.parallel))
+    snapshots, extra = asyncio.run(run(args.sessions, args.parallel, args.every))
     body = section(snapshots, extra, args.sessions, args.parallel)
     print(body)
     if not args.no_write:

@@ -21,6 +21,7 @@ from avatar.drivers import make_driver
 from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
+from avatar.server.memory import MemoryTrimmer
 from avatar.server.security import rate_limited
 from avatar.session import Driver, Session, TTSSpeechSource
 from avatar.speaker import Speaker
@@ -80,6 +81,8 @@ class SessionManager:
         self.on_session_start: list[Callable[[Session], None]] = []
         self.on_session_end: list[Callable[[Session], None]] = []
         self._mouth = make_mouth_builder()
+        # Freed encoder and render memory goes back to the OS after sessions end (see memory.py).
+        self.trimmer = MemoryTrimmer()
 
     def get(self, session_id: str) -> Session | None:
         return self.sessions.get(session_id)
@@ -242,7 +245,9 @@ class SessionManager:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(peer.pc.close(), 5.0)
         log.info("session %s closed", session_id)
+        self.trimmer.schedule()
         return True
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(sid) for sid in list(self.sessions)), return_exceptions=True)
+        await self.trimmer.aclose()
