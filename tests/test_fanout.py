@@ -5,6 +5,7 @@ The source is a fake track the test feeds frame by frame (no clock, no sleeping)
 from __future__ import annotations
 
 import asyncio
+import math
 from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
@@ -17,6 +18,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from avatar.rtc.fanout import (
+    KEYFRAME_MIN_INTERVAL,
     MAX_QUEUED,
     OVERLAY_GAP,
     FanoutTrack,
@@ -50,8 +52,8 @@ class QueueSource(MediaStreamTrack):
 
 
 def frame(index: int, size: int = 64) -> av.VideoFrame:
-    rng = np.random.default_rng(index)
-    image = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+    # One picture moving a pixel a frame: like video, so the encoder places no keyframe of its own.
+    image = np.roll(np.random.default_rng(7).integers(0, 255, (size, size, 3), dtype=np.uint8), index, axis=1)
     out = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
     out.pts = index * 3600
     out.time_base = VIDEO_TB
@@ -66,6 +68,7 @@ class Harness:
         self.feed = Feed(self._source, self._encoder)
         self.index = 0
         self.hungry = asyncio.Event()
+        self.received: dict[FanoutTrack, list[av.Packet]] = {}
 
     def _source(self) -> MediaStreamTrack:
         self.sources += 1
@@ -86,10 +89,22 @@ class Harness:
         its source for the next frame only then)."""
         for _ in range(n):
             await asyncio.wait_for(self.hungry.wait(), 10)
+            self._collect()
             self.hungry.clear()
             await self.queue.put(frame(self.index))
             self.index += 1
         await asyncio.wait_for(self.hungry.wait(), 10)
+        self._collect()
+
+    def reader(self, codec: str = "VP8") -> FanoutTrack:
+        """A viewer that keeps up: ``push`` takes its packets after every frame into ``received``."""
+        track = self.track(codec)
+        self.received[track] = []
+        return track
+
+    def _collect(self) -> None:
+        for track, packets in self.received.items():
+            packets.extend(drain(track))
 
 
 def drain(track: FanoutTrack) -> list[av.Packet]:
@@ -118,15 +133,23 @@ async def test_one_encode_for_many_viewers_same_packets() -> None:
 
 async def test_late_joiner_gets_a_keyframe_first() -> None:
     h = Harness()
-    early = h.track()
-    await h.push(5)
+    early = h.reader()
+    await h.push(15)  # 0.6 s: past the keyframe interval after the first frame's keyframe
     assert h.encoders[0].keyframes == 1
-    late = h.track()  # joining asks the shared encoder for a keyframe
+    late = h.reader()  # joining asks the shared encoder for a keyframe
     await h.push(3)
-    packets = drain(late)
-    assert packets and packets[0].is_keyframe and packets[0].pts == 5 * 3600
+    packets = h.received[late]
+    assert [p.pts for p in packets] == [15 * 3600, 16 * 3600, 17 * 3600] and packets[0].is_keyframe
     assert h.encoders[0].keyframes == 2
-    assert len(drain(early)) == 8
+    assert len(h.received[early]) == 18
+    # A request within KEYFRAME_MIN_INTERVAL of the last keyframe waits for the interval to pass;
+    # the joiner receives nothing before its keyframe.
+    later = h.reader()
+    await h.push(12)  # frames 18..29; the keyframe at 15 (0.6 s) allows the next from 1.1 s on
+    first_allowed = math.ceil((15 * 3600 + KEYFRAME_MIN_INTERVAL * 90_000) / 3600)
+    packets = h.received[later]
+    assert packets[0].is_keyframe and packets[0].pts == first_allowed * 3600
+    assert len(packets) == 30 - first_allowed and h.encoders[0].keyframes == 3
     await h.feed.close()
 
 
@@ -141,25 +164,24 @@ async def test_codecs_encode_separately_and_stop_with_last_viewer() -> None:
     h264.stop()
     assert h.feed._task is None  # nobody watches: the feed stops reading (and rendering)
     # A new viewer restarts it with a fresh source.
-    again = h.track("VP8")
-    await h.push(2)
-    assert h.sources == 2 and drain(again)[0].is_keyframe
+    again = h.reader("VP8")
+    await h.push(12)  # the keyframe it asks for comes once KEYFRAME_MIN_INTERVAL has passed
+    assert h.sources == 2 and h.received[again][0].is_keyframe
     await h.feed.close()
 
 
 async def test_slow_viewer_skips_to_next_keyframe() -> None:
     h = Harness()
-    slow, fast = h.track(), h.track()
+    slow, fast = h.track(), h.reader()
     await h.push(MAX_QUEUED)
-    drain(fast)
     assert len(slow._queue) == MAX_QUEUED
     await h.push(1)  # the slow viewer's queue overflows: reset, and a keyframe is asked for
     assert slow.resets == 1 and len(slow._queue) == 0
     assert h.encoders[0].keyframe_wanted
-    await h.push(2)
+    await h.push(6)  # frames 9..14; the keyframe comes at 0.5 s (frame 13)
     packets = drain(slow)
-    assert packets[0].is_keyframe and len(packets) == 2
-    assert len(drain(fast)) == 3  # the fast viewer lost nothing
+    assert packets[0].is_keyframe and [p.pts for p in packets] == [13 * 3600, 14 * 3600]
+    assert len(h.received[fast]) == 15  # the fast viewer lost nothing
     await h.feed.close()
 
 
@@ -179,8 +201,9 @@ async def test_sender_packs_packets_and_routes_pli_to_shared_encoder() -> None:
     assert not h.encoders[0].keyframe_wanted
     await sender._handle_rtcp_packet(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc))
     assert h.encoders[0].keyframe_wanted
-    await h.push(1)
-    assert drain(track)[0].is_keyframe
+    h.received[track] = []
+    await h.push(12)  # frames 2..13: the keyframe comes once KEYFRAME_MIN_INTERVAL has passed
+    assert [p.pts for p in h.received[track] if p.is_keyframe] == [13 * 3600]
     await h.feed.close()
 
 

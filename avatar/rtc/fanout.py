@@ -52,6 +52,9 @@ VARIANTS = ("main", "overlay")
 #: of video): a viewer that cannot keep up skips ahead instead of drifting behind the voice.
 MAX_QUEUED = 8
 VIDEO_BITRATE = {"main": 1_000_000, "overlay": 1_500_000}
+#: Keyframes asked for (joins, PLI/FIR) come at most this often (seconds of stage time): with
+#: hundreds of viewers on lossy networks, requests would otherwise make every frame a keyframe.
+KEYFRAME_MIN_INTERVAL = 0.5
 AUDIO_BITRATE = 64_000
 #: Session events a viewer's page receives (captions for muted viewers, the speaking state).
 VIEWER_EVENTS = ("caption", "state", "transcript")
@@ -158,16 +161,22 @@ class _VideoEncoder:
         self.bitrate = bitrate
         self._ctx: av.VideoCodecContext | None = None
         self.keyframe_wanted = True  # the first frame is a keyframe anyway
+        self._last_keyframe: int | None = None  # pts of the latest keyframe (90 kHz)
         self.frames_encoded = 0
         self.keyframes = 0
 
     def encode(self, frame: av.VideoFrame) -> list[av.Packet]:
-        """Blocking (call from a worker thread)."""
+        """Blocking (call from a worker thread). A wanted keyframe waits until
+        ``KEYFRAME_MIN_INTERVAL`` has passed since the last one."""
         if self._ctx is None or self._ctx.width != frame.width or self._ctx.height != frame.height:
             self._ctx = _video_codec(self.codec, frame.width, frame.height, self.fps, self.bitrate)
             self.keyframe_wanted = True
-        force = self.keyframe_wanted
-        self.keyframe_wanted = False
+            self._last_keyframe = None
+        pts = frame.pts if frame.pts is not None else 0
+        gap = KEYFRAME_MIN_INTERVAL / VIDEO_TIME_BASE
+        force = self.keyframe_wanted and (self._last_keyframe is None or pts - self._last_keyframe >= gap)
+        if force:
+            self.keyframe_wanted = False
         frame.pict_type = av.video.frame.PictureType.I if force else av.video.frame.PictureType.NONE
         packets = list(self._ctx.encode(frame))
         for packet in packets:
@@ -176,6 +185,7 @@ class _VideoEncoder:
             packet.time_base = VIDEO_TIME_BASE
             if packet.is_keyframe:
                 self.keyframes += 1
+                self._last_keyframe = pts
         self.frames_encoded += 1
         return packets
 
