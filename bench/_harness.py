@@ -247,11 +247,16 @@ class ServerProcess:
     """
 
     def __init__(
-        self, max_sessions: int = 256, start_timeout: float = 60.0, stop_timeout: float = 15.0
+        self,
+        max_sessions: int = 256,
+        start_timeout: float = 60.0,
+        stop_timeout: float = 15.0,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.max_sessions = max_sessions
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.extra_env = dict(env or {})  # more AVATAR_* settings (they win over the defaults above)
         self.token = secrets.token_hex(16)
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -268,6 +273,13 @@ class ServerProcess:
             raise RuntimeError("the server process is not running")
         return self.proc.pid
 
+    @property
+    def data_dir(self) -> Path:
+        """The server's data directory (its SQLite store); removed when the server is stopped."""
+        if self._tmp is None:
+            raise RuntimeError("the server process has not been started")
+        return Path(self._tmp.name)
+
     def __enter__(self) -> ServerProcess:
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-serve-")
         env = {
@@ -279,6 +291,7 @@ class ServerProcess:
             "AVATAR_LOG_LEVEL": "WARNING",
             "AVATAR_DRIVER": "echo",
             "HF_HUB_OFFLINE": "1",
+            **self.extra_env,
         }
         self._log = open(Path(self._tmp.name) / "server.log", "w+b")
         self.proc = subprocess.Popen(
