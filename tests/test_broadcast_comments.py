@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
-from avatar.broadcast.comments import Comment, MemoryCommentQueue, make_comment, question_line
+from avatar.broadcast.comments import Comment, CommentIds, MemoryCommentQueue, make_comment, question_line
 from avatar.broadcast.show_routes import SHOWS
 from tests.test_operator_api import sign_in, wait_until
 
@@ -26,14 +26,26 @@ def show_of(client: TestClient, stage_id: str) -> Any:  # type: ignore[type-arg]
 
 
 # -- the queue ------------------------------------------------------------------------------------------
-def test_memory_queue_contract() -> None:
+async def test_memory_queue_contract() -> None:
     queue = MemoryCommentQueue(limit=3)
     comments = [Comment(id=f"c{i}", user="u", text=f"t{i}", lang="en") for i in range(4)]
-    assert [queue.push(c) for c in comments] == [True, True, True, False]  # full at 3
-    assert [c.id for c in queue.list()] == ["c0", "c1", "c2"]
-    assert queue.remove("c1") is comments[1] and queue.remove("c1") is None
-    assert queue.pop() is comments[0] and queue.pop() is comments[2] and queue.pop() is None
-    assert queue.list() == []
+    assert [await queue.push(c) for c in comments] == [1, 2, 3, None]  # positions; full at 3
+    assert [c.id for c in await queue.list()] == ["c0", "c1", "c2"]
+    assert await queue.remove("c1") is comments[1] and await queue.remove("c1") is None
+    assert await queue.pop() is comments[0] and await queue.pop() is comments[2] and await queue.pop() is None
+    assert await queue.list() == []
+    await queue.push(comments[3])
+    await queue.clear()
+    assert await queue.list() == []
+    # Ids from a shared counter: unique across the queues of one process.
+    ids = CommentIds()
+    first, second = MemoryCommentQueue(ids=ids), MemoryCommentQueue(ids=ids)
+    assert [await first.next_id(), await second.next_id(), await first.next_id()] == ["c1", "c2", "c3"]
+
+
+def test_comment_round_trips_through_a_dict() -> None:
+    comment = make_comment("c7", "小王", "可以分期吗？")
+    assert Comment.from_dict(comment.to_dict()) == comment
 
 
 def test_question_line_speaks_the_name_in_the_comments_language() -> None:
@@ -77,7 +89,8 @@ async def test_auth_on_every_route(client: TestClient, auth: dict[str, str]) -> 
     assert resp.status == 200
     resp = await client.post(f"{base}/comments", json={"user": "a", "text": "first question"}, headers=operator)
     assert resp.status == 202
-    assert show_of(client, stage_id).waiting()  # nothing consumed it yet or it is on air
+    show = show_of(client, stage_id)
+    assert await show.waiting() or show.on_air  # nothing consumed it yet or it is on air
     # Unknown stage: 404 with a message, once authorised.
     resp = await client.get("/api/stages/nope/comments", headers=auth)
     assert resp.status == 404 and "nope" in (await resp.json())["error"]
@@ -173,7 +186,7 @@ async def test_moderation_answers_and_operator_actions(client: TestClient, auth:
     assert ("olga", "Li Wei asks: What is the annual fee?") in said
     assert ("olga", "It is free in the first year.") in said
     # The picked comment is still waiting: on an operator-driven stage nothing answers it by itself.
-    assert [c.id for c in show.waiting()] == [ids[2]]
+    assert [c.id for c in await show.waiting()] == [ids[2]]
 
 
 async def test_comment_answered_on_air_and_operators_told(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
@@ -194,7 +207,11 @@ async def test_comment_answered_on_air_and_operators_told(client: TestClient, au
                 seen.append(message)
                 if message["history"] and message["history"][0]["status"] == "answered":
                     break
-        assert seen[0]["stage_id"] == stage_id and seen[0]["comments"][0]["user"] == "Li Wei"
+        # The panel is told the programme as it is when told (a brain stage may have the comment
+        # on air already): the first telling shows it waiting or on air.
+        first = seen[0]
+        shown = first["comments"][:1] + ([first["on_air"]["comment"]] if first["on_air"] else [])
+        assert first["stage_id"] == stage_id and shown[0]["user"] == "Li Wei"
         assert any(m["on_air"] and m["on_air"]["kind"] == "comment" for m in seen)
     show = show_of(client, stage_id)
     said = [e.text for e in show.session.transcript]

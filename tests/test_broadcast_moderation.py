@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from avatar.broadcast.moderation import Moderator, abusive, personal_data, spammy
+from avatar.broadcast.moderation import MemoryModerationState, Moderator, abusive, personal_data, spammy
 
 
 class Clock:
@@ -29,10 +29,10 @@ def moderator(**kwargs: object) -> tuple[Clock, Moderator]:
         "主播是傻逼", "傻 逼", "你妈的银行", "去死吧", "什么垃圾主播", "脑残客服", "草泥马",
     ],
 )
-def test_abuse_in_both_languages(text: str) -> None:
+async def test_abuse_in_both_languages(text: str) -> None:
     assert abusive(text) is not None
     _, mod = moderator()
-    verdict = mod.check("viewer", text)
+    verdict = await mod.check("viewer", text)
     assert not verdict.accepted and verdict.reason == "abuse"
     assert verdict.to_dict() == {"queued": False, "reason": "abuse", "message": "abusive language"}
 
@@ -45,10 +45,10 @@ def test_abuse_in_both_languages(text: str) -> None:
         "这个活动太棒了", "how do I assess my credit score",
     ],
 )
-def test_ordinary_questions_pass(text: str) -> None:
+async def test_ordinary_questions_pass(text: str) -> None:
     assert abusive(text) is None and spammy(text) is None and not personal_data(text)
     _, mod = moderator()
-    assert mod.check("viewer", text).accepted
+    assert (await mod.check("viewer", text)).accepted
 
 
 @pytest.mark.parametrize(
@@ -59,9 +59,9 @@ def test_ordinary_questions_pass(text: str) -> None:
         "我的身份证号是11010519491231002X",
     ],
 )
-def test_personal_data_in_both_languages(text: str) -> None:
+async def test_personal_data_in_both_languages(text: str) -> None:
     _, mod = moderator()
-    verdict = mod.check("viewer", text)
+    verdict = await mod.check("viewer", text)
     assert not verdict.accepted and verdict.reason == "personal_data"
 
 
@@ -79,68 +79,70 @@ def test_personal_data_in_both_languages(text: str) -> None:
         ("ab ab ab ab ab ab ab ab", "flood"),
     ],
 )
-def test_spam(text: str, detail: str) -> None:
+async def test_spam(text: str, detail: str) -> None:
     _, mod = moderator()
-    verdict = mod.check("viewer", text)
+    verdict = await mod.check("viewer", text)
     assert not verdict.accepted and verdict.reason == "spam" and verdict.detail == detail
 
 
-def test_user_name_is_moderated_too() -> None:
+async def test_user_name_is_moderated_too() -> None:
     _, mod = moderator()
-    abuse = mod.check("idiot banker", "hello")
+    abuse = await mod.check("idiot banker", "hello")
     assert abuse.reason == "abuse" and abuse.detail == "user"
-    data = mod.check("13812345678", "hello")
+    data = await mod.check("13812345678", "hello")
     assert data.reason == "personal_data" and data.detail == "user"
 
 
-def test_rate_limit_per_user_on_a_fake_clock() -> None:
+async def test_rate_limit_per_user_on_a_fake_clock() -> None:
     clock, mod = moderator(rate=3, per=60.0)
     for i in range(3):
-        assert mod.check("li", f"question number {i}").accepted
+        assert (await mod.check("li", f"question number {i}")).accepted
         clock.t += 1
-    limited = mod.check("li", "one more question")
+    limited = await mod.check("li", "one more question")
     assert limited.reason == "rate_limited" and limited.retry_after == pytest.approx(57.0)
     assert limited.to_dict()["retry_after"] == 57.0
     # Another viewer is not affected.
-    assert mod.check("wang", "my own question").accepted
+    assert (await mod.check("wang", "my own question")).accepted
     # Once the window has passed, li may comment again.
     clock.t += 60
-    assert mod.check("li", "back again with a question").accepted
+    assert (await mod.check("li", "back again with a question")).accepted
 
 
-def test_rejected_attempts_count_against_the_rate() -> None:
+async def test_rejected_attempts_count_against_the_rate() -> None:
     clock, mod = moderator(rate=3, per=60.0)
     for _ in range(3):
-        assert mod.check("spammer", "www.spam.com").reason == "spam"
-    assert mod.check("spammer", "an innocent question").reason == "rate_limited"
+        assert (await mod.check("spammer", "www.spam.com")).reason == "spam"
+    assert (await mod.check("spammer", "an innocent question")).reason == "rate_limited"
     clock.t += 61
-    assert mod.check("spammer", "an innocent question").accepted
+    assert (await mod.check("spammer", "an innocent question")).accepted
 
 
-def test_repeated_text_same_user_and_crowd() -> None:
+async def test_repeated_text_same_user_and_crowd() -> None:
     clock, mod = moderator(rate=100, repeat_window=600.0, crowd_repeat=3)
-    assert mod.check("li", "When does the show end?").accepted
-    again = mod.check("li", "when does the show END??")  # case, spacing and punctuation ignored
+    assert (await mod.check("li", "When does the show end?")).accepted
+    again = await mod.check("li", "when does the show END??")  # case, spacing and punctuation ignored
     assert again.reason == "repeated" and again.detail == "same user"
     # Copy-paste from many viewers: the third identical comment is refused.
-    assert mod.check("a", "好看好看").accepted
-    assert mod.check("b", "好看 好看！").accepted
-    crowd = mod.check("c", "好看好看")
+    assert (await mod.check("a", "好看好看")).accepted
+    assert (await mod.check("b", "好看 好看！")).accepted
+    crowd = await mod.check("c", "好看好看")
     assert crowd.reason == "repeated" and crowd.detail == "many users"
     # After the window the same text is fresh again.
     clock.t += 601
-    assert mod.check("li", "When does the show end?").accepted
+    assert (await mod.check("li", "When does the show end?")).accepted
 
 
-def test_rate_limit_applies_before_content_rules() -> None:
+async def test_rate_limit_applies_before_content_rules() -> None:
     _, mod = moderator(rate=1, per=60.0)
-    assert mod.check("x", "hello there").accepted
-    assert mod.check("x", "you idiot").reason == "rate_limited"
+    assert (await mod.check("x", "hello there")).accepted
+    assert (await mod.check("x", "you idiot")).reason == "rate_limited"
 
 
-def test_memory_is_bounded() -> None:
+async def test_memory_is_bounded() -> None:
     clock, mod = moderator(rate=5, max_users=50)
     for i in range(500):
         clock.t += 0.01
-        mod.check(f"user{i}", f"question {i} about cards")
-    assert len(mod._attempts) <= 50 and len(mod._texts) <= 50
+        await mod.check(f"user{i}", f"question {i} about cards")
+    state = mod.state
+    assert isinstance(state, MemoryModerationState)
+    assert len(state._attempts) <= 50 and len(state._texts) <= 50

@@ -125,7 +125,7 @@ async def test_comment_answered_between_script_lines_without_cutting() -> None:
         show.play(parse_script(SCRIPT))
         await fake.run_for(0.2)  # the first line has started
         assert source.requests == ["Welcome to the show"]
-        show.push(comment("c1", "Li Wei", "What is the annual fee"))
+        await show.push(comment("c1", "Li Wei", "What is the annual fee"))
         await fake.run_for(6.0)
         assert source.requests == [
             "Welcome to the show",
@@ -152,7 +152,7 @@ async def test_interruption_pauses_and_resume_repeats_the_cut_line() -> None:
         assert show.script_state == "paused" and show.pause_reason == "interrupted"
         assert source.requests == ["Welcome to the show", "Here is our new card"]
         # Comments are still answered while the script is paused.
-        show.push(comment("c1", "Ann", "Hello"))
+        await show.push(comment("c1", "Ann", "Hello"))
         await fake.run_for(2.0)
         assert source.requests[2:] == ["Ann asks: Hello?", "Hello"]
         assert show.resume_script()
@@ -171,12 +171,12 @@ async def test_takeover_pauses_script_and_brain_until_handback() -> None:
         ai_driver = session.driver
         session.driver = OperatorDriver("alice", ai_driver, desk=None)  # type: ignore[arg-type]  # the desk's switch
         session.interrupt()  # the desk cuts the current line (takeover_cut)
-        show.push(comment("c1", "Bo", "Is the branch open"))
+        await show.push(comment("c1", "Bo", "Is the branch open"))
         await fake.run_for(2.0)
         assert show.script_state == "paused" and show.pause_reason == "takeover"
         assert source.requests == ["Welcome to the show"]  # nothing said under the operator
         # The operator answers a comment by hand: that still goes on air.
-        assert show.answer_by_hand("c1", "Yes until five", "alice") is not None
+        assert await show.answer_by_hand("c1", "Yes until five", "alice") is not None
         await fake.run_for(2.0)
         assert source.requests[1:] == ["Bo asks: Is the branch open?", "Yes until five"]
         assert show.history[0]["status"] == "answered" and show.history[0]["by"] == "alice"
@@ -237,7 +237,7 @@ async def test_takeover_while_the_brain_thinks_keeps_the_comment_for_the_operato
     answerer = SlowAnswerer()
     show.answerer = answerer
     try:
-        show.push(comment("c1", "Li", "A question"))
+        await show.push(comment("c1", "Li", "A question"))
         await fake.run_for(0.5)
         assert show.on_air is not None and show.on_air["comment"]["id"] == "c1"
         ai_driver = session.driver
@@ -245,7 +245,7 @@ async def test_takeover_while_the_brain_thinks_keeps_the_comment_for_the_operato
         answerer.release.set()
         await fake.run_for(1.0)
         assert source.requests == []  # nothing said under the operator
-        assert [c.id for c in show.waiting()] == ["c1"]  # back at the front of the queue
+        assert [c.id for c in await show.waiting()] == ["c1"]  # back at the front of the queue
         session.driver = ai_driver
         await fake.run_for(2.0)
         assert source.requests == ["Li asks: A question?", "An answer"]

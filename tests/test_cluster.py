@@ -276,7 +276,8 @@ async def test_local_cluster_is_one_process_on_its_own() -> None:
     await local.start()
     local.track("s1", {"session_id": "s1"})
     assert await local.owner("s1") == local.node
-    assert await local.sessions() == []
+    assert await local.lookup("s1") == (local.node, {"session_id": "s1"})
+    assert await local.sessions() == [] and await local.peers() == [] and await local.home("s1") is None
     assert await local.lock("s1", "alice") == "alice"
     assert await local.lock("s1", "bob") == "alice"
     await local.unlock("s1", "alice")
@@ -284,3 +285,111 @@ async def test_local_cluster_is_one_process_on_its_own() -> None:
     local.untrack("s1")
     assert await local.owner("s1") is None
     await local.close()
+
+
+# -- what else the processes share: comment queues, moderation, sign-in limits, lists, transcripts --------------
+class FakeClock:
+    def __init__(self, t: float = 1_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def test_a_stage_comment_queue_shared_by_two_processes(pair: tuple[RedisCluster, RedisCluster]) -> None:
+    from avatar.broadcast.comments import make_comment
+    from avatar.cluster.comments import RedisCommentQueue
+
+    a, b = pair
+    on_a, on_b = RedisCommentQueue(a, "stage1", limit=3), RedisCommentQueue(b, "stage1", limit=3)
+    # Ids are unique per stage whichever process hands them out.
+    ids = [await on_a.next_id(), await on_b.next_id(), await on_a.next_id(), await on_b.next_id()]
+    assert ids == ["c1", "c2", "c3", "c4"]
+    comments = [make_comment(cid, f"user{i}", f"question {i}") for i, cid in enumerate(ids)]
+    assert await on_a.push(comments[0]) == 1
+    assert await on_b.push(comments[1]) == 2
+    assert await on_a.push(comments[2]) == 3
+    assert await on_b.push(comments[3]) is None  # full at 3: nothing stored
+    assert [c.id for c in await on_b.list()] == ["c1", "c2", "c3"]
+    assert await on_a.list() == comments[:3]  # everything round-trips (user, text, lang, time)
+    assert await on_b.remove("c2") == comments[1] and await on_a.remove("c2") is None
+    assert await on_a.pop() == comments[0]
+    assert await on_b.pop() == comments[2] and await on_a.pop() is None
+    # Another stage has its own queue and ids; clearing one leaves the other.
+    other = RedisCommentQueue(b, "stage2")
+    assert await other.next_id() == "c1"
+    await other.push(make_comment("c1", "x", "hello"))
+    await on_a.push(comments[3])
+    await on_a.clear()
+    assert await on_b.list() == [] and [c.id for c in await other.list()] == ["c1"]
+    assert await on_b.next_id() == "c1"  # the cleared stage starts again
+
+
+async def test_moderation_limits_hold_across_processes(pair: tuple[RedisCluster, RedisCluster]) -> None:
+    from avatar.cluster.comments import RedisCommentStore
+
+    a, b = pair
+    clock = FakeClock()
+    on_a, on_b = RedisCommentStore(a, clock).moderator("s"), RedisCommentStore(b, clock).moderator("s")
+    # Three comments a minute per user, wherever they are posted.
+    assert (await on_a.check("Li", "first question")).accepted
+    assert (await on_b.check("li ", "second question")).accepted  # the same user: case and spaces ignored
+    assert (await on_a.check("Li", "third question")).accepted
+    limited = await on_b.check("Li", "fourth question")
+    assert limited.reason == "rate_limited" and limited.retry_after == 60.0
+    clock.t += 30
+    assert (await on_a.check("Li", "still too soon")).retry_after == 30.0
+    assert (await on_b.check("Wang", "my own question")).accepted  # other users are not slowed
+    clock.t += 60.5
+    assert (await on_b.check("Li", "back again")).accepted
+    # Repeats: the same user's text again, and a copy-paste crowd across processes.
+    assert (await on_b.check("Li", "back AGAIN!!")).reason == "repeated"
+    assert (await on_a.check("u1", "好看好看")).accepted
+    assert (await on_b.check("u2", "好看 好看")).accepted
+    crowd = await on_a.check("u3", "好看好看！")
+    assert crowd.reason == "repeated" and crowd.detail == "many users"
+    clock.t += 601
+    assert (await on_b.check("u3", "好看好看")).accepted  # the repeat window has passed
+    # Another stage's moderation is its own.
+    assert (await RedisCommentStore(b, clock).moderator("t").check("Li", "back again")).accepted
+    # The keys expire by themselves (no stage's state outlives its windows).
+    keys = [k async for k in a.redis.scan_iter(match=a.key("stage:s:*"))]
+    ttls = [await a.redis.pttl(k) for k in keys]
+    assert ttls and all(0 < ttl <= 600_000 for ttl in ttls)
+
+
+async def test_sign_in_failures_count_on_every_process(pair: tuple[RedisCluster, RedisCluster]) -> None:
+    from avatar.cluster.limits import SharedLoginLimiter
+
+    a, b = pair
+    clock = FakeClock()
+    on_a, on_b = SharedLoginLimiter(a, 5, 300.0, clock), SharedLoginLimiter(b, 5, 300.0, clock)
+    for limiter in (on_a, on_b, on_a, on_b):
+        assert await limiter.retry_after("alice", "10.0.0.1") is None
+        await limiter.failed("alice", "10.0.0.1")
+        clock.t += 1
+    assert await on_b.retry_after("ALICE", "10.0.0.9") is None  # four failures so far
+    await on_b.failed("Alice", "10.0.0.2")  # the fifth, from elsewhere: the name is blocked everywhere
+    assert await on_a.retry_after("alice", "10.0.0.3") == 300.0 - 4
+    assert await on_b.retry_after("bob", "10.0.0.1") is None  # 4 from that address: not yet
+    await on_a.failed("carol", "10.0.0.1")
+    assert await on_b.retry_after("bob", "10.0.0.1") == 300.0 - 4  # that address has 5 now
+    await on_b.succeeded("alice")  # a right password clears the name's count (not the address's)
+    assert await on_a.retry_after("alice", "10.0.0.3") is None
+    clock.t += 300
+    assert await on_a.retry_after("bob", "10.0.0.1") is None  # the window has passed
+
+
+async def test_lookup_peers_and_homes(pair: tuple[RedisCluster, RedisCluster]) -> None:
+    a, b = pair
+    a.track("s1", {"session_id": "s1", "mode": "broadcast"})
+    await a.drain()
+    assert await b.lookup("s1") == (a.node, {"session_id": "s1", "mode": "broadcast"})
+    assert await b.lookup("nope") is None
+    assert await b.peers() == [a.node] and await a.peers() == [b.node]
+    # Where the transcript is stored outlives the session.
+    assert await b.home("s1") == a.node.url
+    a.untrack("s1")
+    await a.drain()
+    assert await b.owner("s1") is None and await b.home("s1") == a.node.url
+    assert await b.home("nope") is None

@@ -1,8 +1,9 @@
 """Live comments on a broadcast stage: the comment, the per-stage queue, and how one is answered.
 
-The queue is behind the small ``CommentQueue`` interface (push, pop, list, remove) so that a
-shared store (Redis) can back it when stages live in several processes; ``MemoryCommentQueue``
-is the in-process one. Comments are answered on air one at a time by ``avatar.broadcast.script.
+The queue is behind the small asynchronous ``CommentQueue`` interface (push, pop, list,
+remove) so that a shared store (Redis) can back it when stages live in several processes;
+``MemoryCommentQueue`` is the in-process one. A ``CommentStore`` makes a stage's queue and its
+moderation filter. Comments are answered on air one at a time by ``avatar.broadcast.script.
 StageShow`` (which also plays show scripts), with the viewer's name spoken first:
 "Li Wei asks: ..." / "小王问：...".
 """
@@ -15,6 +16,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from avatar.broadcast.moderation import Moderator
 from avatar.speech.lang import detect_lang
 
 MAX_USER_CHARS = 64
@@ -36,52 +38,80 @@ class Comment:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "user": self.user, "text": self.text, "lang": self.lang, "at": self.at}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comment:
+        """The inverse of ``to_dict`` (``KeyError``/``TypeError``/``ValueError`` when malformed)."""
+        return cls(id=str(data["id"]), user=str(data["user"]), text=str(data["text"]), lang=str(data["lang"]),
+                   at=float(data["at"]))
+
+
+class QueueUnavailable(Exception):
+    """The shared store behind a ``CommentQueue`` cannot be reached now (the route answers 503)."""
+
 
 class CommentQueue(Protocol):
-    """The comments waiting on one stage, oldest first."""
+    """The comments waiting on one stage, oldest first. Every method may raise
+    ``QueueUnavailable`` when the queue lives in a shared store that is away."""
 
-    def push(self, comment: Comment) -> bool:
-        """Append ``comment``; False (and nothing stored) when the queue is full."""
+    async def next_id(self) -> str:
+        """A new comment id, unique on this stage (``c1``, ``c2``...)."""
         ...
 
-    def pop(self) -> Comment | None:
+    async def push(self, comment: Comment) -> int | None:
+        """Append ``comment``: its 1-based position in the queue, or None (and nothing stored)
+        when the queue is full."""
+        ...
+
+    async def pop(self) -> Comment | None:
         """Take the oldest comment, or None when the queue is empty."""
         ...
 
-    def list(self) -> list[Comment]:
+    async def list(self) -> list[Comment]:
         """Every waiting comment, oldest first (a copy)."""
         ...
 
-    def remove(self, comment_id: str) -> Comment | None:
+    async def remove(self, comment_id: str) -> Comment | None:
         """Take the comment with ``comment_id`` out of the queue, wherever it is; None if absent."""
+        ...
+
+    async def clear(self) -> None:
+        """Forget every waiting comment (the stage ended)."""
         ...
 
 
 class MemoryCommentQueue:
-    """The in-process ``CommentQueue``: a bounded FIFO."""
+    """The in-process ``CommentQueue``: a bounded FIFO. Its ids come from ``ids`` (one counter
+    per server process, so ids stay unique across its stages) or its own counter."""
 
-    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, limit: int = QUEUE_LIMIT, ids: CommentIds | None = None) -> None:
         self.limit = limit
+        self.ids = ids or CommentIds()
         self._items: deque[Comment] = deque()
 
-    def push(self, comment: Comment) -> bool:
-        if len(self._items) >= self.limit:
-            return False
-        self._items.append(comment)
-        return True
+    async def next_id(self) -> str:
+        return self.ids.next()
 
-    def pop(self) -> Comment | None:
+    async def push(self, comment: Comment) -> int | None:
+        if len(self._items) >= self.limit:
+            return None
+        self._items.append(comment)
+        return len(self._items)
+
+    async def pop(self) -> Comment | None:
         return self._items.popleft() if self._items else None
 
-    def list(self) -> list[Comment]:
+    async def list(self) -> list[Comment]:
         return list(self._items)
 
-    def remove(self, comment_id: str) -> Comment | None:
+    async def remove(self, comment_id: str) -> Comment | None:
         for comment in self._items:
             if comment.id == comment_id:
                 self._items.remove(comment)
                 return comment
         return None
+
+    async def clear(self) -> None:
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
@@ -95,6 +125,49 @@ class CommentIds:
 
     def next(self) -> str:
         return f"c{next(self._next)}"
+
+
+class CommentStore(Protocol):
+    """Where a server keeps its stages' comment queues and moderation state: in its memory
+    (``MemoryCommentStore``) or, when processes serve together, in Redis
+    (``avatar.cluster.comments.RedisCommentStore``), so that a comment posted on any process is
+    queued and moderated as if every process were one."""
+
+    def queue(self, stage_id: str) -> CommentQueue:
+        """The queue of ``stage_id`` (a new handle each call; the state lives in the store)."""
+        ...
+
+    def moderator(self, stage_id: str) -> Moderator:
+        """The moderation filter of ``stage_id``."""
+        ...
+
+    async def remote_stage(self, stage_id: str) -> bool:
+        """Whether ``stage_id`` is a live broadcast stage of another process (``QueueUnavailable``
+        when that cannot be told now)."""
+        ...
+
+    def queued(self, stage_id: str) -> None:
+        """Tell the process that owns ``stage_id`` that a comment was queued for it here."""
+        ...
+
+
+class MemoryCommentStore:
+    """One process on its own: a ``MemoryCommentQueue`` and an in-memory ``Moderator`` per stage."""
+
+    def __init__(self) -> None:
+        self.ids = CommentIds()
+
+    def queue(self, stage_id: str) -> CommentQueue:
+        return MemoryCommentQueue(ids=self.ids)
+
+    def moderator(self, stage_id: str) -> Moderator:
+        return Moderator()
+
+    async def remote_stage(self, stage_id: str) -> bool:
+        return False  # there are no other processes
+
+    def queued(self, stage_id: str) -> None:
+        return None
 
 
 def make_comment(comment_id: str, user: str, text: str) -> Comment:

@@ -15,8 +15,9 @@ rules, in the order they are applied:
 - ``repeated``: the same text again from the same user within ``repeat_window`` seconds, or
   from ``crowd_repeat`` different users (copy-paste campaigns).
 
-State (recent texts, attempt times) is per stage and bounded; the clock is injectable so
-tests run without the wall clock.
+State (recent texts, attempt times) is per stage and bounded, behind ``ModerationState`` (memory
+here, Redis when processes serve together); the clock is injectable so tests run without the
+wall clock.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import unicodedata
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from avatar.brain.compliance import redact, shares_secret
 
@@ -170,8 +172,68 @@ class Verdict:
 ACCEPTED = Verdict(True)
 
 
+class ModerationState(Protocol):
+    """What moderation remembers of one stage: users' recent attempts and recent texts. In one
+    process it is memory (``MemoryModerationState``); processes serving together keep it in
+    Redis (``avatar.cluster.comments.RedisModerationState``) so the limits hold across them."""
+
+    async def attempt(self, user: str, now: float, rate: int, per: float) -> float | None:
+        """Count an attempt by ``user`` at ``now``: None when it is within ``rate`` per ``per``
+        seconds, else the seconds to wait."""
+        ...
+
+    async def repeat(self, user: str, fingerprint: str, now: float, window: float, crowd: int) -> str | None:
+        """Remember that ``user`` sent ``fingerprint`` at ``now``; "same user" when they sent it
+        within ``window`` seconds already, "many users" when ``crowd`` users (them included)
+        did, else None."""
+        ...
+
+
+class MemoryModerationState:
+    """``ModerationState`` in this process's memory, bounded to ``max_users`` users and texts."""
+
+    def __init__(self, max_users: int = 10_000) -> None:
+        self.max_users = max_users
+        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()  # user -> attempt times
+        self._texts: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()  # fingerprint -> (at, user)
+
+    async def attempt(self, user: str, now: float, rate: int, per: float) -> float | None:
+        times = self._attempts.pop(user, None) or deque()
+        while times and times[0] <= now - per:
+            times.popleft()
+        self._attempts[user] = times  # most recently active last
+        while len(self._attempts) > self.max_users:
+            self._attempts.popitem(last=False)
+        if len(times) >= rate:
+            times.append(now)
+            while len(times) > rate * 4:  # a flood must not grow memory
+                times.popleft()
+            return max(0.0, times[-rate - 1] + per - now) if len(times) > rate else per
+        times.append(now)
+        return None
+
+    async def repeat(self, user: str, fingerprint: str, now: float, window: float, crowd: int) -> str | None:
+        seen = self._texts.pop(fingerprint, None) or deque()
+        while seen and seen[0][0] <= now - window:
+            seen.popleft()
+        users = {u for _, u in seen}
+        verdict = None
+        if user in users:
+            verdict = "same user"
+        elif len(users) + 1 >= crowd:
+            verdict = "many users"
+        seen.append((now, user))
+        while len(seen) > crowd * 4:
+            seen.popleft()
+        self._texts[fingerprint] = seen
+        while len(self._texts) > self.max_users:
+            self._texts.popitem(last=False)
+        return verdict
+
+
 class Moderator:
-    """The moderation filter of one stage. Not thread-safe: call from the event loop."""
+    """The moderation filter of one stage. Its state is in memory unless ``state`` says
+    otherwise (then ``clock`` must be one every process shares: the wall clock)."""
 
     def __init__(
         self,
@@ -182,6 +244,7 @@ class Moderator:
         crowd_repeat: int = 3,
         max_users: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        state: ModerationState | None = None,
     ) -> None:
         self.rate = rate
         self.per = per
@@ -189,14 +252,14 @@ class Moderator:
         self.crowd_repeat = crowd_repeat
         self.max_users = max_users
         self.clock = clock
-        self._attempts: OrderedDict[str, deque[float]] = OrderedDict()  # user -> attempt times
-        self._texts: OrderedDict[str, deque[tuple[float, str]]] = OrderedDict()  # fingerprint -> (at, user)
+        self.state: ModerationState = state or MemoryModerationState(max_users)
 
-    def check(self, user: str, text: str) -> Verdict:
-        """Decide on one comment; an accepted one is remembered for the repeat rule."""
+    async def check(self, user: str, text: str) -> Verdict:
+        """Decide on one comment; an accepted one is remembered for the repeat rule. A shared
+        state that cannot be reached raises its error (``QueueUnavailable`` for Redis)."""
         now = self.clock()
         key = user.strip().casefold()
-        wait = self._rate_limit(key, now)
+        wait = await self.state.attempt(key, now, self.rate, self.per)
         if wait is not None:
             return Verdict(False, "rate_limited", retry_after=wait)
         word = abusive(user)
@@ -211,42 +274,9 @@ class Moderator:
         spam = spammy(text) or ("link" if _LINK_RE.search(user) else None)
         if spam is not None:
             return Verdict(False, "spam", spam)
-        repeat = self._repeated(key, _fingerprint(text), now)
-        if repeat is not None:
-            return Verdict(False, "repeated", repeat)
+        fingerprint = _fingerprint(text)
+        if fingerprint:
+            repeat = await self.state.repeat(key, fingerprint, now, self.repeat_window, self.crowd_repeat)
+            if repeat is not None:
+                return Verdict(False, "repeated", repeat)
         return ACCEPTED
-
-    def _rate_limit(self, user: str, now: float) -> float | None:
-        times = self._attempts.pop(user, None) or deque()
-        while times and times[0] <= now - self.per:
-            times.popleft()
-        self._attempts[user] = times  # most recently active last
-        while len(self._attempts) > self.max_users:
-            self._attempts.popitem(last=False)
-        if len(times) >= self.rate:
-            times.append(now)
-            while len(times) > self.rate * 4:  # a flood must not grow memory
-                times.popleft()
-            return max(0.0, times[-self.rate - 1] + self.per - now) if len(times) > self.rate else self.per
-        times.append(now)
-        return None
-
-    def _repeated(self, user: str, fingerprint: str, now: float) -> str | None:
-        if not fingerprint:
-            return None
-        seen = self._texts.pop(fingerprint, None) or deque()
-        while seen and seen[0][0] <= now - self.repeat_window:
-            seen.popleft()
-        users = {u for _, u in seen}
-        verdict = None
-        if user in users:
-            verdict = "same user"
-        elif len(users) + 1 >= self.crowd_repeat:
-            verdict = "many users"
-        seen.append((now, user))
-        while len(seen) > self.crowd_repeat * 4:
-            seen.popleft()
-        self._texts[fingerprint] = seen
-        while len(self._texts) > self.max_users:
-            self._texts.popitem(last=False)
-        return verdict

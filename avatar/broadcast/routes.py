@@ -74,8 +74,15 @@ async def create_stage(request: web.Request) -> web.Response:
 
 @routes.get("/api/stages")
 async def list_stages(request: web.Request) -> web.Response:
+    from avatar.cluster.app import from_peers
+
     authorize_manager(request)
-    return web.json_response({"stages": [s.describe() for s in request.app[STAGES].stages.values()]})
+    stages = [s.describe() for s in request.app[STAGES].stages.values()]
+    others, unreachable = await from_peers(request, "stages")  # the other processes' (cluster mode)
+    listed: dict[str, Any] = {"stages": stages + others}
+    if unreachable:
+        listed["unreachable"] = unreachable
+    return web.json_response(listed)
 
 
 @routes.get("/api/stages/{stage_id}")

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from avatar.broadcast.comments import Answerer, Comment, CommentQueue, question_line
+from avatar.broadcast.comments import Answerer, Comment, CommentQueue, QueueUnavailable, question_line
 from avatar.face_state import FaceState
 from avatar.session import Session
 from avatar.stage import FaceSource
@@ -310,6 +310,7 @@ class StageShow:
         self._picked: deque[Comment] = deque()
         self._by_hand: deque[_HandAnswer] = deque()
         self._pause_until: float | None = None
+        self._queue_away = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -325,36 +326,42 @@ class StageShow:
                 await self._task
             self._task = None
 
-    def push(self, comment: Comment) -> bool:
-        """Queue an accepted comment; False when the queue is full."""
-        if not self.queue.push(comment):
-            return False
+    async def push(self, comment: Comment) -> int | None:
+        """Queue an accepted comment: its 1-based place among the comments to be answered
+        (picked ones first), or None when the queue is full."""
+        position = await self.queue.push(comment)
+        if position is None:
+            return None
         self._changed()
-        return True
+        return len(self._picked) + position
 
-    def waiting(self) -> list[Comment]:
+    def queued(self) -> None:
+        """Another process put a comment in this stage's (shared) queue: look at it now."""
+        self._changed()
+
+    async def waiting(self) -> list[Comment]:
         """Comments to be answered, in the order they will be: picked ones first."""
-        return list(self._picked) + self.queue.list()
+        return list(self._picked) + await self.queue.list()
 
-    def pick(self, comment_id: str) -> Comment | None:
+    async def pick(self, comment_id: str) -> Comment | None:
         """Answer this comment next (after the line in progress)."""
-        comment = self.queue.remove(comment_id)
+        comment = await self.queue.remove(comment_id)
         if comment is None:
             return None
         self._picked.append(comment)
         self._changed()
         return comment
 
-    def skip(self, comment_id: str, operator: str) -> Comment | None:
-        comment = self.queue.remove(comment_id) or self._take_picked(comment_id)
+    async def skip(self, comment_id: str, operator: str) -> Comment | None:
+        comment = await self.queue.remove(comment_id) or self._take_picked(comment_id)
         if comment is None:
             return None
         self._done(comment, "skipped", by=operator)
         return comment
 
-    def answer_by_hand(self, comment_id: str, text: str, operator: str) -> Comment | None:
+    async def answer_by_hand(self, comment_id: str, text: str, operator: str) -> Comment | None:
         """The operator answers: the question, then ``text``, in the avatar's voice, next."""
-        comment = self.queue.remove(comment_id) or self._take_picked(comment_id)
+        comment = await self.queue.remove(comment_id) or self._take_picked(comment_id)
         if comment is None:
             return None
         self._by_hand.append(_HandAnswer(comment, text, operator))
@@ -396,10 +403,11 @@ class StageShow:
         self._changed()
         return True
 
-    def describe(self) -> dict[str, Any]:
+    async def describe(self) -> dict[str, Any]:
+        """The programme for the operators' panel (``QueueUnavailable`` when the shared queue is away)."""
         return {
             "stage_id": self.session.id,
-            "comments": [c.to_dict() for c in self.waiting()],
+            "comments": [c.to_dict() for c in await self.waiting()],
             "on_air": self.on_air,
             "history": list(self.history),
             "script": self.describe_script(),
@@ -441,13 +449,25 @@ class StageShow:
                 await self._answer_by_hand(self._by_hand.popleft())
                 continue
             if self._brain_answers():
-                comment = self._picked.popleft() if self._picked else self.queue.pop()
+                comment = self._picked.popleft() if self._picked else await self._pop()
                 if comment is not None:
                     await self._answer(comment)
                     continue
             if not self._held() and self.script_state == "playing" and await self._script_step():
                 continue
             await self._wait()
+
+    async def _pop(self) -> Comment | None:
+        """The oldest queued comment; None while the shared queue is away (the show goes on)."""
+        try:
+            comment = await self.queue.pop()
+        except QueueUnavailable as exc:
+            if not self._queue_away:
+                log.warning("stage %s: the comment queue is unreachable (%s); trying again", self.session.id, exc)
+            self._queue_away = True
+            return None
+        self._queue_away = False
+        return comment
 
     async def _wait(self, until: float | None = None) -> None:
         """Until something changes, or ``poll`` (or ``until``) on the stage clock."""

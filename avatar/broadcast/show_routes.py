@@ -32,8 +32,11 @@ from avatar.broadcast.comments import (
     MAX_COMMENT_CHARS,
     MAX_USER_CHARS,
     Answerer,
-    CommentIds,
-    MemoryCommentQueue,
+    Comment,
+    CommentQueue,
+    CommentStore,
+    MemoryCommentStore,
+    QueueUnavailable,
     answerer_for,
     make_comment,
 )
@@ -57,34 +60,64 @@ class StageExtras:
 
 
 class ShowDirectory:
-    """Per-stage programme, moderation and outputs."""
+    """Per-stage programme, moderation and outputs. Comment queues and moderation state come
+    from ``store`` (memory; Redis when processes serve together: ``avatar.cluster`` replaces it)."""
 
-    def __init__(self, answerer: Answerer, publish: Any = None) -> None:
+    def __init__(self, answerer: Answerer, publish: Any = None, store: CommentStore | None = None) -> None:
         self.answerer = answerer
         self.publish = publish  # the operators' hub ``publish``, when there is one
-        self.ids = CommentIds()
+        self.store: CommentStore = store or MemoryCommentStore()
         self.stages: dict[str, StageExtras] = {}
+        # The operators' panel is told the latest programme: one telling at a time per stage,
+        # repeated while changes came in meanwhile (describing may wait for a shared queue).
+        self._dirty: set[str] = set()
+        self._telling: dict[str, asyncio.Task[None]] = {}
 
     def for_session(self, session: Session) -> StageExtras:
         extras = self.stages.get(session.id)
         if extras is None:
-            show = StageShow(session, MemoryCommentQueue(), self.answerer, on_change=self._changed)
-            extras = StageExtras(show=show, moderator=Moderator())
+            show = StageShow(session, self.store.queue(session.id), self.answerer, on_change=self._changed)
+            extras = StageExtras(show=show, moderator=self.store.moderator(session.id))
             self.stages[session.id] = extras
             show.start()
         return extras
 
     def _changed(self, show: StageShow) -> None:
-        if self.publish is not None:
-            self.publish({"type": "comments", **show.describe()})
+        if self.publish is None:
+            return
+        stage_id = show.session.id
+        self._dirty.add(stage_id)
+        if stage_id not in self._telling:
+            task = asyncio.get_running_loop().create_task(self._tell(show), name=f"stage-comments:{stage_id}")
+            self._telling[stage_id] = task
+            task.add_done_callback(lambda _: self._telling.pop(stage_id, None))
+
+    async def _tell(self, show: StageShow) -> None:
+        stage_id = show.session.id
+        while stage_id in self._dirty and self.publish is not None:
+            self._dirty.discard(stage_id)
+            try:
+                described = await show.describe()
+            except QueueUnavailable as exc:
+                log.warning("stage %s: the panel is not told about comments (%s)", stage_id, exc)
+                return
+            self.publish({"type": "comments", **described})
 
     async def forget(self, session_id: str) -> None:
         extras = self.stages.pop(session_id, None)
+        self._dirty.discard(session_id)
+        telling = self._telling.pop(session_id, None)
+        if telling is not None:
+            telling.cancel()
         if extras is None:
             return
         for output in list(extras.outputs.values()):
             await output.close()
         await extras.show.close()
+        try:
+            await extras.show.queue.clear()
+        except QueueUnavailable as exc:
+            log.info("stage %s ended; its shared comment queue expires on its own (%s)", session_id, exc)
 
     async def close_all(self) -> None:
         for session_id in list(self.stages):
@@ -139,32 +172,63 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+def _queue_unavailable(exc: QueueUnavailable) -> web.HTTPServiceUnavailable:
+    return web.HTTPServiceUnavailable(text=f"the comment queue is unreachable; try again shortly ({exc})",
+                                      headers={"Retry-After": "5"})
+
+
 # -- comments ------------------------------------------------------------------------------------------------
 @routes.post("/api/stages/{stage_id}/comments")
 async def post_comment(request: web.Request) -> web.Response:
+    """Moderate and queue a comment. The stage may live on another process (cluster mode): the
+    comment is then moderated and queued here, in the shared store, and its owner is told."""
     _manager(request)
-    extras = _extras(request)
-    body = await _body(request)
-    user = _string(body, "user", MAX_USER_CHARS)
-    text = _string(body, "text", MAX_COMMENT_CHARS)
-    verdict = extras.moderator.check(user, text)
-    if not verdict.accepted:
-        log.info("stage %s: comment rejected (%s)", extras.show.session.id, verdict.reason)
-        return web.json_response(verdict.to_dict(), dumps=_dumps)
-    comment = make_comment(request.app[SHOWS].ids.next(), user, text)
-    if not extras.show.push(comment):
+    stage_id = request.match_info["stage_id"]
+    directory = request.app[SHOWS]
+    record = request.app[STAGES].get(stage_id)
+    try:
+        if record is not None:
+            extras = directory.for_session(record.session)
+            moderator, queue, show = extras.moderator, extras.show.queue, extras.show
+        elif await directory.store.remote_stage(stage_id):
+            moderator, queue, show = directory.store.moderator(stage_id), directory.store.queue(stage_id), None
+        else:
+            raise web.HTTPNotFound(text=f"no live broadcast stage {stage_id!r}")
+        body = await _body(request)
+        user = _string(body, "user", MAX_USER_CHARS)
+        text = _string(body, "text", MAX_COMMENT_CHARS)
+        verdict = await moderator.check(user, text)
+        if not verdict.accepted:
+            log.info("stage %s: comment rejected (%s)", stage_id, verdict.reason)
+            return web.json_response(verdict.to_dict(), dumps=_dumps)
+        comment = make_comment(await queue.next_id(), user, text)
+        position = await (show.push(comment) if show is not None else _push_remote(directory, queue, stage_id, comment))
+    except QueueUnavailable as exc:
+        raise _queue_unavailable(exc) from exc
+    if position is None:
         return web.json_response(
             {"queued": False, "reason": "queue_full", "message": "too many comments are waiting on this stage"}
         )
-    position = next(i for i, c in enumerate(extras.show.waiting()) if c.id == comment.id) + 1
     return web.json_response({"queued": True, "comment": comment.to_dict(), "position": position}, status=202,
                              dumps=_dumps)
+
+
+async def _push_remote(directory: ShowDirectory, queue: CommentQueue, stage_id: str, comment: Comment) -> int | None:
+    """Queue ``comment`` for a stage of another process (its position counts the shared queue
+    only: comments an operator picked there are not known here) and tell the owner."""
+    position = await queue.push(comment)
+    if position is not None:
+        directory.store.queued(stage_id)
+    return position
 
 
 @routes.get("/api/stages/{stage_id}/comments")
 async def list_comments(request: web.Request) -> web.Response:
     _manager(request)
-    return web.json_response(_extras(request).show.describe(), dumps=_dumps)
+    try:
+        return web.json_response(await _extras(request).show.describe(), dumps=_dumps)
+    except QueueUnavailable as exc:
+        raise _queue_unavailable(exc) from exc
 
 
 @routes.post("/api/stages/{stage_id}/comments/{comment_id}/{action:pick|skip|answer}")
@@ -173,15 +237,18 @@ async def comment_action(request: web.Request) -> web.Response:
     show = _extras(request).show
     comment_id = request.match_info["comment_id"]
     action = request.match_info["action"]
-    if action == "pick":
-        comment = show.pick(comment_id)
-    elif action == "skip":
-        comment = show.skip(comment_id, operator)
-    else:
-        from avatar.session import MAX_TEXT_CHARS
+    try:
+        if action == "pick":
+            comment = await show.pick(comment_id)
+        elif action == "skip":
+            comment = await show.skip(comment_id, operator)
+        else:
+            from avatar.session import MAX_TEXT_CHARS
 
-        text = _string(await _body(request), "text", MAX_TEXT_CHARS)
-        comment = show.answer_by_hand(comment_id, text, operator)
+            text = _string(await _body(request), "text", MAX_TEXT_CHARS)
+            comment = await show.answer_by_hand(comment_id, text, operator)
+    except QueueUnavailable as exc:
+        raise _queue_unavailable(exc) from exc
     if comment is None:
         raise web.HTTPNotFound(text=f"no waiting comment {comment_id!r} on this stage")
     status = {"pick": "next", "skip": "skipped", "answer": "answering"}[action]

@@ -27,7 +27,7 @@ import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -35,10 +35,14 @@ from aiohttp import web
 from avatar.cluster.base import Cluster, ClusterUnavailable, LocalCluster, Node
 from avatar.config import Settings
 
+if TYPE_CHECKING:
+    from avatar.cluster.limits import SharedLoginLimiter
+
 log = logging.getLogger(__name__)
 
 CLUSTER = web.AppKey("cluster", Cluster)
 PEER_HTTP = web.AppKey("cluster_http", aiohttp.ClientSession)
+LOGIN_LIMITER: web.AppKey[SharedLoginLimiter] = web.AppKey("cluster_login_limiter")
 SECRET_HEADER = "X-Avatar-Cluster"  # the cluster secret: this request was forwarded by a peer
 VIA_HEADER = "X-Avatar-Via"  # the node that forwarded it
 FORWARD_TIMEOUT = 15.0
@@ -52,6 +56,10 @@ PRESENCE_INTERVAL = 1.0  # seconds between presence announcements (grace periods
 _SESSION_PATH = re.compile(r"^/api/(?:sessions|stages|operator/sessions)/([^/]+)(/.*)?$")
 _MULTI_SAY = "/api/operator/say"
 _LOGOUT = "/api/operator/logout"
+_LOGIN = "/api/operator/login"
+#: Comments are queued in Redis by whichever process receives them (avatar.cluster.comments).
+_COMMENTS = re.compile(r"^/api/stages/[^/]+/comments$")
+LIST_TIMEOUT = 5.0  # seconds a cluster-wide list waits for each other process
 
 
 def node_for(settings: Settings) -> Node:
@@ -87,17 +95,26 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
 
+    from avatar.cluster.comments import TOPIC as COMMENTS_TOPIC
+    from avatar.cluster.comments import RedisCommentStore
+    from avatar.cluster.limits import SharedLoginLimiter
     from avatar.cluster.redis_cluster import RedisCluster
     from avatar.cluster.tokens import RedisTokenBook
     from avatar.server.operator_routes import OPERATORS
 
     ops = app[OPERATORS]
     desk = ops.desk
+
+    def entry(summary: dict[str, Any]) -> dict[str, Any]:
+        """The registry's summary: the desk's, and whether it is a call or a broadcast stage."""
+        seat = desk.seats.get(str(summary.get("session_id")))
+        return {**summary, "mode": getattr(seat.session, "mode", "call") if seat is not None else "call"}
+
     cluster = RedisCluster(
         settings.redis_url,
         node,
         secret=settings.cluster_secret,
-        local_sessions=lambda: {sid: desk.summary(sid) for sid in list(desk.seats)},
+        local_sessions=lambda: {sid: entry(desk.summary(sid)) for sid in list(desk.seats)},
         held_locks=lambda: {sid: seat.holder for sid, seat in desk.seats.items() if seat.holder is not None},
     )
     await cluster.start()  # ClusterUnavailable stops the start with its message
@@ -115,7 +132,7 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         kind = message.get("type")
         if kind == "session" and isinstance(message.get("session"), dict):
             summary = message["session"]
-            cluster.track(str(summary["session_id"]), summary)
+            cluster.track(str(summary["session_id"]), entry(summary))
         elif kind == "session_closed":
             cluster.untrack(str(message["session_id"]))
         elif kind == "event" and message.get("kind") == "handback" and isinstance(message.get("operator"), str):
@@ -131,7 +148,26 @@ async def _cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     ops.hub.relays.append(relay)
     cluster.subscribe("hub", deliver)
     for sid in list(desk.seats):  # sessions that started before the cluster joined
-        cluster.track(sid, desk.summary(sid))
+        cluster.track(sid, entry(desk.summary(sid)))
+
+    # Sign-in attempts: counted in Redis too, with the local limiter's rule.
+    app[LOGIN_LIMITER] = SharedLoginLimiter(cluster, ops.limiter.max_failures, ops.limiter.window)
+
+    # Broadcast comments: queues and moderation state in Redis; a comment queued on another
+    # process wakes the owner's show.
+    from avatar.broadcast.show_routes import SHOWS
+    from avatar.broadcast.stages import STAGES
+
+    if SHOWS in app:
+        shows, stages = app[SHOWS], app[STAGES]
+        shows.store = RedisCommentStore(cluster)
+
+        def queued(message: dict[str, Any]) -> None:
+            record = stages.get(str(message.get("stage_id")))
+            if record is not None:
+                shows.for_session(record.session).show.queued()
+
+        cluster.subscribe(COMMENTS_TOPIC, queued)
 
     # Takeover locks: the owner is the authority for its sessions; the lock in Redis makes the
     # holder visible to every process and refuses a second operator anywhere.
@@ -275,6 +311,93 @@ async def operator_view(app: web.Application, operator: str) -> tuple[list[str],
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+async def from_peers(request: web.Request, key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """What every other live process answers to this request (``GET /api/sessions`` or
+    ``/api/stages``): the items under ``key`` of their answers, and the processes that did not
+    answer. Nothing when this process is alone, or when the request was itself sent by a peer
+    (each process answers for its own)."""
+    cluster = request.app.get(CLUSTER)
+    if cluster is None or isinstance(cluster, LocalCluster) or request.headers.get(SECRET_HEADER) is not None:
+        return [], []
+    try:
+        peers = await cluster.peers()
+    except ClusterUnavailable as exc:
+        log.warning("%s lists this process only: %s", request.path, exc)
+        return [], ["redis"]
+    answers = await asyncio.gather(*(_ask(request, cluster, peer) for peer in peers))
+    items: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for peer, answer in zip(peers, answers, strict=True):
+        listed = answer.get(key) if isinstance(answer, dict) else None
+        if isinstance(listed, list):
+            items += [item for item in listed if isinstance(item, dict)]
+        else:
+            missing.append(peer.id)
+    return items, missing
+
+
+async def _ask(request: web.Request, cluster: Cluster, peer: Node) -> Any:
+    """``peer``'s JSON answer to this request (a GET), or None."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "accept")}
+    headers[SECRET_HEADER] = cluster.secret
+    headers[VIA_HEADER] = cluster.node.id
+    try:
+        async with request.app[PEER_HTTP].get(peer.url + request.path_qs, headers=headers,
+                                              timeout=aiohttp.ClientTimeout(total=LIST_TIMEOUT)) as resp:
+            if resp.status != 200:
+                log.warning("%s: %s answered %d", request.path, peer.id, resp.status)
+                return None
+            return await resp.json()
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        log.warning("%s: %s did not answer: %s", request.path, peer.id, exc)
+        return None
+
+
+async def _limited_login(request: web.Request, handler: Handler, limiter: SharedLoginLimiter) -> web.StreamResponse:
+    """``POST /api/operator/login`` under the shared limiter (the route applies this process's
+    own too): refused with 429 while the name or the address has too many recent failures on any
+    process; a refused password counts everywhere, a success clears the name's count. Without
+    Redis the route's own limiter is all there is."""
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    name = body.get("name") if isinstance(body, dict) else None
+    if not isinstance(name, str) or not name:
+        return await handler(request)  # the route answers the 400
+    address = request.remote or "?"
+    try:
+        wait = await limiter.retry_after(name, address)
+    except ClusterUnavailable as exc:
+        log.warning("sign-in of %r checked by this process's limiter only: %s", name[:64], exc)
+        return await handler(request)
+    if wait is not None:
+        seconds = int(wait) + 1
+        raise web.HTTPTooManyRequests(
+            text=json.dumps({"error": f"too many failed sign-ins: try again in {seconds} s"}),
+            content_type="application/json",
+            headers={"Retry-After": str(seconds)},
+        )
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 401:
+            await _count(limiter.failed(name, address))
+        raise
+    if response.status == 401:
+        await _count(limiter.failed(name, address))
+    elif response.status == 200:
+        await _count(limiter.succeeded(name))
+    return response
+
+
+async def _count(write: Awaitable[None]) -> None:
+    try:
+        await write
+    except ClusterUnavailable as exc:
+        log.warning("a sign-in attempt was not counted in Redis: %s", exc)
+
+
 @web.middleware
 async def cluster_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     cluster = request.app.get(CLUSTER)
@@ -299,7 +422,11 @@ async def cluster_middleware(request: web.Request, handler: Handler) -> web.Stre
         if forward is not None:
             return forward
     writes = tokens.writes if tokens is not None else 0
-    response = await handler(request)
+    limiter = request.app.get(LOGIN_LIMITER)
+    if request.path == _LOGIN and request.method == "POST" and limiter is not None and not forwarded:
+        response = await _limited_login(request, handler, limiter)
+    else:
+        response = await handler(request)
     if tokens is not None and tokens.writes != writes:
         # A sign-in or sign-out is in Redis before it is answered, so the client may use (or
         # stop using) the token on any process at once. Bounded: Redis may be away.
@@ -326,12 +453,20 @@ async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.Stream
     match = _SESSION_PATH.match(request.path)
     if match is None or request.app[SESSIONS].get(match.group(1)) is not None:
         return None
+    if request.method == "POST" and _COMMENTS.match(request.path):
+        return None  # queued here, in Redis, whoever owns the stage
     session_id = match.group(1)
+    transcript = match.group(2) == "/transcript" and request.path.startswith("/api/sessions/")
     try:
         owner = await cluster.owner(session_id)
+        if owner is None and transcript:
+            # Ended (or never here): the transcript is in the store of the process it ran on.
+            home = await cluster.home(session_id)
+            if home is not None and home.rstrip("/") != cluster.node.url.rstrip("/"):
+                return await forward(request, cluster, Node(home, home), None)
     except ClusterUnavailable as exc:
         log.warning("cannot look up the owner of session %s: %s", session_id, exc)
-        if match.group(2) == "/transcript":
+        if transcript:
             return None  # the stored transcript may still be here
         return _json_error(503, "the shared session registry is unreachable; try again shortly")
     if owner is None or owner.id == cluster.node.id:

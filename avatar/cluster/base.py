@@ -58,8 +58,19 @@ class Cluster(Protocol):
     async def owner(self, session_id: str) -> Node | None:
         """The live process that owns ``session_id``, or None."""
 
+    async def lookup(self, session_id: str) -> tuple[Node, dict[str, Any]] | None:
+        """The live process that owns ``session_id`` and its registry summary (with ``mode``:
+        "call", "mirror" or "broadcast"), or None."""
+
     async def sessions(self) -> list[dict[str, Any]]:
         """The summaries of every live session of every other process."""
+
+    async def peers(self) -> list[Node]:
+        """Every other live process."""
+
+    async def home(self, session_id: str) -> str | None:
+        """The base URL of the process whose store holds ``session_id``'s transcript (live or
+        ended), when known."""
 
     # -- takeover locks -----------------------------------------------------------------------------
     async def lock(self, session_id: str, operator: str) -> str:
@@ -105,8 +116,18 @@ class LocalCluster:
     async def owner(self, session_id: str) -> Node | None:
         return self.node if session_id in self._sessions else None
 
+    async def lookup(self, session_id: str) -> tuple[Node, dict[str, Any]] | None:
+        summary = self._sessions.get(session_id)
+        return None if summary is None else (self.node, summary)
+
     async def sessions(self) -> list[dict[str, Any]]:
         return []  # there are no other processes
+
+    async def peers(self) -> list[Node]:
+        return []
+
+    async def home(self, session_id: str) -> str | None:
+        return None  # the transcript is here or nowhere
 
     async def lock(self, session_id: str, operator: str) -> str:
         return self._locks.setdefault(session_id, operator)

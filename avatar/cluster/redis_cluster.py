@@ -7,6 +7,9 @@ Keys (all under ``prefix``, ``avatar:`` by default):
   are ignored (and removed by whoever notices).
 - ``sessions`` (hash): session id -> ``{"node", "summary"}``, rewritten on every change and on
   every heartbeat, so a Redis that restarted empty is whole again within one beat.
+- ``home:<session>``: the ``advertise_url`` of the process whose store holds the session's
+  transcript, set when it starts, kept ``HOME_TTL`` (30 days) so the transcript of an ended
+  session can be fetched through any process.
 - ``lock:<session>``: the operator holding the session (``SET NX PX``, refreshed by the
   owner's heartbeat while held), so two operators on two processes cannot both hold it.
 - ``secret``: the forwarding secret when ``cluster_secret`` is not configured (whoever can
@@ -45,6 +48,7 @@ log = logging.getLogger(__name__)
 Write = Callable[[aioredis.Redis], Awaitable[Any]]
 OUTBOUND_LIMIT = 10_000
 LOCK_TTL = 60.0  # seconds a takeover lock outlives its owner's last heartbeat
+HOME_TTL = 30 * 24 * 3600.0  # seconds Redis remembers which process stores a session's transcript
 
 _UNLOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -264,6 +268,8 @@ class RedisCluster:
             pipe.hdel(self.key("sessions"), *gone)
         if local:
             pipe.hset(self.key("sessions"), mapping={sid: self._entry(s) for sid, s in local.items()})
+            for sid in local:  # back after a Redis that restarted empty
+                pipe.set(self.key(f"home:{sid}"), self.node.url, px=int(HOME_TTL * 1000), nx=True)
         for session_id, operator in self.held_locks().items():
             pipe.set(self.key(f"lock:{session_id}"), operator, px=int(LOCK_TTL * 1000))
         await pipe.execute()
@@ -274,9 +280,13 @@ class RedisCluster:
         return json.dumps({"node": self.node.id, "summary": summary}, ensure_ascii=False)
 
     def track(self, session_id: str, summary: dict[str, Any]) -> None:
+        new = session_id not in self._tracked
         self._tracked.add(session_id)
         entry, sessions = self._entry(summary), self.key("sessions")
         self.enqueue(lambda r: r.hset(sessions, session_id, entry))
+        if new:
+            home, url = self.key(f"home:{session_id}"), self.node.url
+            self.enqueue(lambda r: r.set(home, url, px=int(HOME_TTL * 1000)))
 
     def untrack(self, session_id: str) -> None:
         self._tracked.discard(session_id)
@@ -291,22 +301,50 @@ class RedisCluster:
         self.enqueue(write)
 
     async def owner(self, session_id: str) -> Node | None:
+        found = await self.lookup(session_id)
+        return None if found is None else found[0]
+
+    async def lookup(self, session_id: str) -> tuple[Node, dict[str, Any]] | None:
+        """The live process that owns ``session_id`` and the session's summary, or None."""
         try:
             raw = await self.redis.hget(self.key("sessions"), session_id)
             if raw is None:
                 return None
-            node_id = json.loads(raw)["node"]
+            entry = json.loads(raw)
+            node_id, summary = entry["node"], dict(entry.get("summary") or {})
             if node_id == self.node.id:
-                return self.node
+                return self.node, summary
             pipe = self.redis.pipeline()
             pipe.exists(self.key(f"alive:{node_id}"))
             pipe.hget(self.key("nodes"), node_id)
             alive, url = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise ClusterUnavailable(f"Redis is unreachable: {exc}") from exc
+        except (TypeError, ValueError, KeyError):
+            return None  # a malformed entry: nobody owns it
         if not alive or not url:
             return None
-        return Node(node_id, url)
+        return Node(node_id, url), summary
+
+    async def peers(self) -> list[Node]:
+        """The other live processes."""
+        try:
+            nodes = await self.redis.hgetall(self.key("nodes"))
+            others = sorted((str(k), str(v)) for k, v in nodes.items() if k != self.node.id)
+            if not others:
+                return []
+            flags = await self.redis.mget([self.key(f"alive:{n}") for n, _ in others])
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from exc
+        return [Node(n, url) for (n, url), flag in zip(others, flags, strict=True) if flag is not None]
+
+    async def home(self, session_id: str) -> str | None:
+        """The base URL of the process whose store holds ``session_id``'s transcript, if known."""
+        try:
+            url = await self.redis.get(self.key(f"home:{session_id}"))
+        except (RedisError, OSError) as exc:
+            raise ClusterUnavailable(f"Redis is unreachable: {exc}") from exc
+        return None if url is None else str(url)
 
     async def sessions(self) -> list[dict[str, Any]]:
         try:

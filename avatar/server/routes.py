@@ -122,9 +122,15 @@ async def offer(request: web.Request) -> web.Response:
 
 @routes.get("/api/sessions")
 async def list_sessions(request: web.Request) -> web.Response:
+    from avatar.cluster.app import from_peers
+
     require_api_token(request, request.app[API_TOKEN])
     sessions = [s.describe() for s in request.app[SESSIONS].sessions.values()]
-    return web.json_response({"sessions": sessions})
+    others, unreachable = await from_peers(request, "sessions")  # the other processes' (cluster mode)
+    listed: dict[str, Any] = {"sessions": sessions + others}
+    if unreachable:
+        listed["unreachable"] = unreachable
+    return web.json_response(listed)
 
 
 @routes.post("/api/sessions/{session_id}/say")
