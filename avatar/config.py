@@ -94,7 +94,8 @@ class Settings:
     asr_cpu_threads: int = 2
     asr_window: float = 10.0  # seconds of audio the local Whisper encoder sees (30: Whisper's own; shorter is faster)
     end_of_turn: float = 0.6  # seconds of silence that end the customer's turn
-    end_of_turn_finished: float = 0.2  # ... when the words read finished ("...my card?"); 0: always end_of_turn
+    end_of_turn_finished: float = 0.4  # ... when the words read as a finished sentence; 0: end_of_turn
+    end_of_turn_question: float = 0.2  # ... when they read as a finished question ("...my card?"); 0: as finished
     ignore_backchannel: bool = False  # True: "uh-huh", "嗯" while the avatar speaks do not interrupt it (costs ~0.5 s of barge-in delay)
     silence_prompt_after: float = 20.0  # seconds of customer silence before a gentle prompt
     silence_close_after: float = 60.0  # ... and before a polite goodbye
@@ -265,8 +266,9 @@ def _validate(s: Settings) -> None:
         raise ConfigError("asr_url: required when asr_engine is openai")
     if not 0 < s.asr_window <= 30:
         raise ConfigError("asr_window: must be more than 0 and at most 30 seconds")
-    if s.end_of_turn_finished < 0:
-        raise ConfigError("end_of_turn_finished: must not be negative")
+    for key in ("end_of_turn_finished", "end_of_turn_question"):
+        if getattr(s, key) < 0:
+            raise ConfigError(f"{key}: must not be negative")
     if s.operator_grace < 0:
         raise ConfigError("operator_grace: must not be negative")
     if s.operator_token_ttl <= 0:

@@ -23,8 +23,9 @@ the driver's answer). To answer quickly:
   speech was followed by more speech is stale; its text is still shown as the live
   (partial) transcript. Recognitions run one at a time, so a newer speculation withdraws an
   older one still queued.
-- the turn is taken as over ``commit_silence`` after the speech when the speculative
-  transcript *reads* finished ("How do I activate my new card?"); otherwise the endpointer's
+- the turn is taken as over ``commit_question`` after the speech when the speculative
+  transcript *reads* as a finished question ("How do I activate my new card?"),
+  ``commit_silence`` when it reads as another finished sentence; otherwise the endpointer's
   end-of-turn silence decides (longer when the words trail off: "...my card and"), and a
   speculation covering exactly that speech is reused instead of recognising again. A
   customer who goes on after a turn taken early cuts in on the answer like any barge-in.
@@ -46,6 +47,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -130,6 +132,32 @@ def reads_finished(text: str) -> bool:
     return bool(body) and not looks_unfinished(body)
 
 
+# How an English question starts (Whisper sometimes closes one with a full stop).
+_QUESTION_START = frozenset(
+    """what what's how how's why when where where's who who's whom whose which can could would
+    will shall should may might must is isn't are aren't was wasn't were do does doesn't did
+    didn't don't have has had am""".split()
+)
+_SENTENCES = re.compile(r"(?<=[.?!。？！])\s*")
+
+
+def reads_as_question(text: str) -> bool:
+    """Whether a finished transcript (``reads_finished``) ends with a question: a question mark,
+    or a last sentence that starts like an English question ("What is my account balance.")
+    or ends like a Chinese one (吗, 呢). Questions hand the turn over most clearly."""
+    if not reads_finished(text):
+        return False
+    stripped = text.strip()
+    if stripped.endswith(("?", "？")):
+        return True
+    last = [part for part in _SENTENCES.split(stripped) if part.strip()][-1]
+    body = last.rstrip(".!。！ ")
+    if body.endswith(("吗", "呢", "么")):
+        return True
+    first = body.split(maxsplit=1)[0].lower().strip(",\"'") if body.split() else ""
+    return first in _QUESTION_START
+
+
 def frame_pcm(frame: av.AudioFrame) -> tuple[np.ndarray, int, int]:
     """An audio frame as (interleaved int16 samples, sample rate, channel count).
 
@@ -157,8 +185,10 @@ class ListenerConfig:
 
     ``pause_gap``: silence after speech that starts a speculative recognition of the turn so
     far (engines with partial transcripts only; one VAD window: the first silent one).
-    ``commit_silence``: silence after which a turn whose words read finished is over
-    (``early_commit``; the ``end_of_turn_finished`` setting); otherwise the endpointer's
+    ``commit_question``: silence after which a turn whose words read as a finished question
+    is over, ``commit_silence`` for other finished words (``early_commit``; the settings
+    ``end_of_turn_question`` and ``end_of_turn_finished``: a pause after "I lost my debit
+    card." may well be followed by "can you block it?"); otherwise the endpointer's
     ``end_of_turn`` decides.
     ``partials``: live transcripts while the customer speaks, at most one per
     ``partial_interval`` of speech and none before ``partial_min_audio``. Silence timers of 0
@@ -170,7 +200,8 @@ class ListenerConfig:
     speculate_at_pauses: bool = True
     pause_gap: float = 0.032
     early_commit: bool = True
-    commit_silence: float = 0.2
+    commit_question: float = 0.2
+    commit_silence: float = 0.4
     partials: bool = True
     partial_interval: float = 1.0
     partial_min_audio: float = 0.8
@@ -187,11 +218,13 @@ class ListenerConfig:
         endpoint = EndpointConfig(
             hangover=min(0.3, eot), end_of_turn=eot, end_of_turn_unfinished=max(1.5, eot)
         )
-        finished = settings.end_of_turn_finished
+        finished = settings.end_of_turn_finished if settings.end_of_turn_finished > 0 else eot
+        question = settings.end_of_turn_question if settings.end_of_turn_question > 0 else finished
         return cls(
             endpoint=endpoint,
-            early_commit=finished > 0,
-            commit_silence=min(finished, eot) if finished > 0 else eot,
+            early_commit=min(finished, question) < eot,
+            commit_question=min(question, eot),
+            commit_silence=min(finished, eot),
             bargein=BargeInConfig(ignore_backchannel=settings.ignore_backchannel),
             silence_prompt_after=settings.silence_prompt_after,
             silence_close_after=settings.silence_close_after,
@@ -584,8 +617,8 @@ class Listener:
         self._maybe_commit_early()
 
     def _maybe_commit_early(self) -> None:
-        """End the turn now if the latest speculation covers all the speech, has been followed by
-        ``commit_silence`` of silence and its words read finished."""
+        """End the turn now if the latest speculation covers all the speech, its words read
+        finished, and ``commit_question`` (a question) or ``commit_silence`` of silence followed."""
         spec = self._spec
         if not self.config.early_commit or spec is None or spec.turn != self._turn:
             return
@@ -595,10 +628,14 @@ class Listener:
             or self._last_voice > spec.speech_end
         ):
             return
-        if self.clock.time() - spec.speech_end < self.config.commit_silence:
+        cfg = self.config
+        silence = self.clock.time() - spec.speech_end
+        if silence < min(cfg.commit_question, cfg.commit_silence):
             return
         transcript = spec.transcript()
         if transcript is None or not reads_finished(transcript.text):
+            return
+        if silence < (cfg.commit_question if reads_as_question(transcript.text) else cfg.commit_silence):
             return
         if self._over_avatar and self.session.speaker.state == "speaking":
             return  # the endpointer's end of turn decides what to make of it

@@ -15,7 +15,13 @@ from avatar.speech.asr.base import ASRError, PartialSchedule
 from avatar.speech.asr.openai import OpenAIASR, transcriptions_url
 from avatar.speech.asr.prompt import BANKING_WORDS, domain_prompt, estimate_tokens
 from avatar.speech.asr.registry import ASRSettings, build_recognizer
-from avatar.speech.asr.whisper import WhisperASR, bundled_model_dir, encoder_input, token_budget
+from avatar.speech.asr.whisper import (
+    WhisperASR,
+    bundled_model_dir,
+    collapse_repeats,
+    encoder_input,
+    token_budget,
+)
 from tests.fakes.transcribe_server import FakeTranscribeServer
 
 SPEECH = Path(__file__).parent / "data" / "speech"
@@ -107,6 +113,18 @@ def test_the_encoder_sees_the_window_or_the_utterance_and_a_margin() -> None:
     assert out.shape == (1, 80, 152) and out.flags.c_contiguous  # even: the encoder halves it
     assert np.array_equal(out[..., :51], odd[..., :51]) and not out[..., 51:].any()
     assert encoder_input(np.zeros((80, 3000), np.float32), 0).shape == (1, 80, 100)  # silence
+
+
+def test_repeated_sentences_are_collapsed() -> None:
+    looped = "How can I set up a standing order? How can I set up a standing order? how can I set up a"
+    assert collapse_repeats(looped) == "How can I set up a standing order?"
+    assert collapse_repeats(" What is my balance? What is my balance. ") == "What is my balance?"
+    assert collapse_repeats("好的。好的。") == "好的。"
+    # Sentences that only share words, and a new last sentence, stay.
+    assert collapse_repeats("My card. My card is lost.") == "My card. My card is lost."
+    assert collapse_repeats("Wait, stop, I have another question.") == "Wait, stop, I have another question."
+    assert collapse_repeats("Hello. Hello") == "Hello."  # a cut-off repeat of the one before
+    assert collapse_repeats("") == ""
 
 
 def test_the_token_budget_grows_with_the_audio_and_fits_the_decoder() -> None:

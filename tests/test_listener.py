@@ -30,6 +30,7 @@ from avatar.listener import (
     Listener,
     ListenerConfig,
     TurnRecord,
+    reads_as_question,
     reads_finished,
     tighten_receive_buffer,
 )
@@ -285,6 +286,45 @@ def test_reads_finished() -> None:
     assert not reads_finished("I lost my card and...")
     assert not reads_finished("How do I activate")
     assert not reads_finished("")
+
+
+def test_reads_as_question() -> None:
+    assert reads_as_question("How do I activate my new card?")
+    assert reads_as_question("What is my account balance.")  # Whisper's full stop on a question
+    assert reads_as_question("I lost my card. Can you block it.")
+    assert reads_as_question("我的卡丢了，可以冻结吗。") and reads_as_question("余额是多少？")
+    assert not reads_as_question("I lost my debit card.")
+    assert not reads_as_question("Please cancel the direct debit to my gym!")
+    assert not reads_as_question("How do I activate")  # not finished
+    assert not reads_as_question("")
+
+
+class Speculating(Scripted):
+    """``Scripted``, recognising at pauses as engines with partial transcripts do."""
+
+    supports_partial = True
+
+
+@pytest.mark.parametrize(
+    ("text", "turns"),
+    [("How do I activate my new card?", 2), ("I lost my debit card.", 1), ("I lost my card and", 1)],
+)
+async def test_a_pause_ends_the_turn_sooner_after_a_question_than_after_a_statement(
+    vad: VoiceActivityDetector, text: str, turns: int
+) -> None:
+    """The same 0.45 s pause (about 0.35 s once the VAD has heard the speech end) after words
+    that read as a question ends the turn (``commit_question``, 0.2 s); after a statement
+    (``commit_silence``, 0.4 s) or unfinished words the customer may go on, and does."""
+    rig = make_rig(vad, Speculating(text))
+    try:
+        audio = np.concatenate([silence(0.3), clip("lost_card"), silence(0.45), clip("account_balance")])
+        await rig.play(np.concatenate([audio, silence(2.0)]))
+        assert len(rig.driver.texts) == turns, [(t.how, t.speech_end) for t in rig.turns]
+        first = rig.turns[0]
+        if turns == 2:
+            assert first.how == "early" and first.decided_at - first.speech_end < 0.3
+    finally:
+        await rig.close()
 
 
 async def test_a_spoken_question_becomes_one_customer_line(

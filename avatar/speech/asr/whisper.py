@@ -28,6 +28,7 @@ import itertools
 import logging
 import os
 import queue
+import re
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -107,6 +108,31 @@ def token_budget(seconds: float) -> int:
     """The most tokens to decode for ``seconds`` of audio (at most what fits beside the
     longest prompt in Whisper's 448-token decoder)."""
     return min(_MAX_NEW_TOKENS, int(_TOKENS_BASE + _TOKENS_PER_SECOND * seconds))
+
+
+_ENDS = (".", "?", "!", "。", "？", "！")
+_SENTENCE_END = re.compile(r"(?<=[.?!。？！])\s*")
+_WORDS = re.compile(r"\w+")
+
+
+def collapse_repeats(text: str) -> str:
+    """``text`` without sentences that repeat the one before (case and punctuation aside), nor
+    a last fragment that merely starts it again: Whisper's looping ("What is my account
+    balance? What is my account balance? What is my"). A customer saying a sentence twice
+    loses nothing the brain needs."""
+    kept: list[str] = []
+    previous: list[str] = []
+    parts = [part for part in _SENTENCE_END.split(text.strip()) if part]
+    for i, part in enumerate(parts):
+        words = _WORDS.findall(part.lower())
+        if previous and words == previous:
+            continue
+        last = i == len(parts) - 1
+        if last and previous and words and previous[: len(words)] == words and not part.endswith(_ENDS):
+            continue  # cut off by the token budget while repeating
+        kept.append(part)
+        previous = words
+    return " ".join(kept)
 
 
 def _base_lang(lang: str | None) -> str | None:
@@ -283,5 +309,5 @@ class WhisperASR:
             for w in segment.words or ():
                 words.append(Word(w.word.strip(), float(w.start), float(w.end)))
         lang = job.lang or getattr(info, "language", None)
-        text = "".join(texts).strip()
+        text = collapse_repeats("".join(texts))
         return Transcript(text, lang, job.audio.size / SAMPLE_RATE, tuple(words), partial=job.partial)
