@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import sys
@@ -36,7 +37,14 @@ from bench import _harness as h  # noqa: E402
 from bench._report import write_section  # noqa: E402
 
 FPS_FLOOR = 24.0
+QUIET_OTHERS = 50.0  # % of one core other jobs may use when a window starts (see --quiet)
 JOIN_BATCH = 8  # viewers joining at once (each join is an ICE + DTLS handshake)
+#: Said (cutting what is playing) before each window, so the stage speaks while it is measured.
+LINE = (
+    "Good evening and welcome to our live show. Tonight we look at savings accounts, how interest "
+    "is paid, and what you can do in the app. Send us your questions at any time and we will answer "
+    "them on air."
+)
 
 
 # -- client worker processes -----------------------------------------------------------------------
@@ -189,7 +197,9 @@ def measure_step(clients: Clients, server_pid: int, window: float) -> dict[str, 
     }
 
 
-def run(steps: list[int], window: float, settle: float, workers: int) -> tuple[list[dict[str, Any]], str]:
+def run(
+    steps: list[int], window: float, settle: float, workers: int, quiet: float
+) -> tuple[list[dict[str, Any]], str]:
     import json
     import urllib.request
 
@@ -203,11 +213,24 @@ def run(steps: list[int], window: float, settle: float, workers: int) -> tuple[l
         with urllib.request.urlopen(request, timeout=60) as resp:
             stage = json.load(resp)
         offer_url = f"{server.url}/api/stages/{stage['stage_id']}/offer?key={stage['view_key']}"
+
+        def say() -> None:
+            request = urllib.request.Request(
+                f"{server.url}/api/sessions/{stage['stage_id']}/say",
+                method="POST",
+                data=json.dumps({"text": LINE, "interrupt": True}).encode(),
+                headers={"Authorization": f"Bearer {server.token}", "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(request, timeout=60).close()
+
         clients = Clients(workers, offer_url)
         results: list[dict[str, Any]] = []
         try:
             for n in steps:
                 clients.grow(n)
+                if quiet > 0:
+                    asyncio.run(h.wait_for_quiet({"server": server.pid, **clients.pids()}, QUIET_OTHERS, quiet))
+                say()
                 time.sleep(settle)
                 result = measure_step(clients, server.pid, window)
                 results.append(result)
@@ -254,14 +277,25 @@ def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
         + f"; server CPU per extra viewer **{slope:.2f} % of one core** "
         f"({slope * 10:.2f} ms of CPU per viewer per second)."
     )
+    base = min((r["server_cpu"] for r in results if r["viewers"] == min(x["viewers"] for x in results)), default=0.0)
+    if math.isfinite(slope) and slope > 0:
+        projection = (
+            f"At that slope the server alone (its one render and encode, {base:.0f} % of a core, plus the "
+            f"viewers) would fill one core at about {max(0.0, (100 - base) / slope):.0f} viewers and both "
+            f"cores at about {max(0.0, (200 - base) / slope):.0f}: an extrapolation; the table is what was "
+            "measured, with the viewers' own processes on the same two cores."
+        )
+    else:
+        projection = "Too few steps held to fit a cost per viewer."
     return f"""## Viewers of one broadcast stage (bench/bench_viewers.py)
 
 `{command}`
 
 {headline}
+{projection}
 
 The stage is rendered once and encoded once per codec (VP8 here); every viewer gets the same
-packets. Viewers are aiortc peers in {workers} client processes that decode nothing (their
+packets. The stage speaks throughout (a long line said again before each window). Viewers are aiortc peers in {workers} client processes that decode nothing (their
 browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts
 (SRTP) and sends about 25 video and 50 audio packets a second. Frame rates are each viewer's
 received video frames over the window; a step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps.
@@ -282,6 +316,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=6.0, help="seconds measured at each step")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds after the joins before measuring")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--quiet", type=float, default=30.0,
+        help=f"wait up to this many seconds before each window for other jobs to use < {QUIET_OTHERS:.0f}%% of a core",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args()
     try:
@@ -292,7 +330,7 @@ def main() -> None:
     if not steps or steps[0] < 1 or args.window <= 0 or args.workers < 1:
         print("--steps must be positive, --window > 0, --workers >= 1", file=sys.stderr)
         raise SystemExit(2)
-    results, _ = run(steps, args.window, args.settle, args.workers)
+    results, _ = run(steps, args.window, args.settle, args.workers, args.quiet)
     command = ".venv/bin/python bench/bench_viewers.py " + " ".join(sys.argv[1:])
     text = section(results, command.strip(), args.workers)
     print(text)

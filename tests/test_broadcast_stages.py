@@ -172,13 +172,15 @@ async def test_viewers_share_one_encode_and_get_captions(client: TestClient, aut
             assert viewer.got.video_size == (512, 512)
         assert overlay.got.video_size == (512, 1024 + OVERLAY_GAP)  # colour over alpha
 
-        # One render and one encode per frame however many watch.
+        # One render and one encode per frame however many watch (the frame being encoded at
+        # this instant may be counted as read and not yet as encoded).
         stats = client.app[STAGES].get(sid).media.stats()  # type: ignore[union-attr]
         main = stats["main"]
         assert main["subscribers"] == 3 and list(main["encoders"]) == ["VP8"]
-        assert main["encoders"]["VP8"]["frames_encoded"] == main["frames_read"] > 10
+        assert main["frames_read"] > 10 and 0 <= main["frames_read"] - main["encoders"]["VP8"]["frames_encoded"] <= 1
         assert stats["overlay"]["subscribers"] == 1
-        assert stats["audio"]["encoders"]["opus"]["frames_encoded"] == stats["audio"]["frames_read"]
+        audio = stats["audio"]
+        assert audio["frames_read"] > 10 and 0 <= audio["frames_read"] - audio["encoders"]["opus"]["frames_encoded"] <= 1
         # Main-variant viewers received the same frames (pts from the one stage clock).
         common = set(viewers[0].got.video_pts) & set(viewers[1].got.video_pts) & set(viewers[2].got.video_pts)
         assert len(common) > 5

@@ -38,13 +38,11 @@ class QueueSource(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, queue: asyncio.Queue[av.VideoFrame | None], hungry: asyncio.Event) -> None:
+    def __init__(self, queue: asyncio.Queue[av.VideoFrame | None]) -> None:
         super().__init__()
         self.queue = queue
-        self.hungry = hungry
 
     async def recv(self) -> av.VideoFrame:
-        self.hungry.set()  # the feed has handed out everything it had: it asks for the next frame
         frame = await self.queue.get()
         if frame is None:
             raise MediaStreamError
@@ -67,12 +65,11 @@ class Harness:
         self.sources = 0
         self.feed = Feed(self._source, self._encoder)
         self.index = 0
-        self.hungry = asyncio.Event()
         self.received: dict[FanoutTrack, list[av.Packet]] = {}
 
     def _source(self) -> MediaStreamTrack:
         self.sources += 1
-        return QueueSource(self.queue, self.hungry)
+        return QueueSource(self.queue)
 
     def _encoder(self, codec: str) -> _VideoEncoder:
         encoder = _VideoEncoder(codec, 25, 300_000)
@@ -85,16 +82,13 @@ class Harness:
         return track
 
     async def push(self, n: int) -> None:
-        """Feed ``n`` frames; return once the feed has encoded and handed out each one (it asks
-        its source for the next frame only then)."""
+        """Feed ``n`` frames, one at a time: each is encoded and handed out before the next."""
         for _ in range(n):
-            await asyncio.wait_for(self.hungry.wait(), 10)
-            self._collect()
-            self.hungry.clear()
+            sent = self.feed.frames_sent
             await self.queue.put(frame(self.index))
             self.index += 1
-        await asyncio.wait_for(self.hungry.wait(), 10)
-        self._collect()
+            await asyncio.wait_for(self.feed.wait_sent(sent + 1), 10)
+            self._collect()
 
     def reader(self, codec: str = "VP8") -> FanoutTrack:
         """A viewer that keeps up: ``push`` takes its packets after every frame into ``received``."""

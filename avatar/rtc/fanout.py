@@ -290,6 +290,8 @@ class Feed:
         self._task: asyncio.Task[None] | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self.frames_read = 0
+        self.frames_sent = 0  # frames encoded and handed to every subscriber
+        self._sent = asyncio.Event()
         self._closed = False
 
     def subscribe(self, track: FanoutTrack) -> None:
@@ -320,15 +322,36 @@ class Feed:
         if encoder is not None:
             encoder.keyframe_wanted = True
 
+    async def wait_sent(self, count: int) -> None:
+        """Return once ``frames_sent`` reaches ``count`` (tests and benchmarks pace on it)."""
+        while self.frames_sent < count:
+            self._sent.clear()
+            await self._sent.wait()
+
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self.subscribers.values())
 
     async def _run(self) -> None:
         source = self._make_source()
         loop = asyncio.get_running_loop()
+        # The next frame is rendered while this one is encoded: on a busy machine the thread hops
+        # of a strictly serial render -> encode -> send cost the stage frames. Two frames at most
+        # wait; beyond that the source falls behind the clock and skips ahead by itself.
+        ready: asyncio.Queue[Any] = asyncio.Queue(maxsize=2)
+
+        async def read() -> None:
+            try:
+                while True:
+                    await ready.put(await source.recv())
+            except MediaStreamError:
+                await ready.put(None)
+
+        reader = loop.create_task(read(), name="fanout-read")
         try:
             while True:
-                frame = await source.recv()
+                frame = await ready.get()
+                if frame is None:
+                    break
                 self.frames_read += 1
                 codecs = [c for c, subs in self.subscribers.items() if subs]
                 encoders = [self.encoders[c] for c in codecs]
@@ -338,12 +361,15 @@ class Feed:
                     for track in list(self.subscribers.get(codec, ())):
                         for packet in packets:
                             track.deliver(packet)
-        except MediaStreamError:
-            pass
+                self.frames_sent += 1
+                self._sent.set()
         except Exception:
             log.exception("a fan-out feed failed; its viewers get no more media")
             raise
         finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, MediaStreamError):
+                await reader
             source.stop()
 
     async def close(self) -> None:
@@ -532,6 +558,7 @@ class StageFanout:
         return {
             name: {
                 "frames_read": feed.frames_read,
+                "frames_sent": feed.frames_sent,
                 "subscribers": feed.subscriber_count(),
                 "encoders": {
                     codec: {"frames_encoded": enc.frames_encoded, "keyframes": getattr(enc, "keyframes", 0)}
