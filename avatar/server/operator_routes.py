@@ -85,7 +85,9 @@ def authorize_say(request: web.Request, session_id: str) -> str:
 async def _json(request: web.Request) -> dict[str, Any]:
     from avatar.server.routes import read_json_object
 
-    if not request.can_read_body:
+    # body_exists, not can_read_body: a middleware that already read the body (the cluster's
+    # shared sign-in limiter) leaves the stream at its end, and aiohttp keeps the bytes for us.
+    if not request.body_exists:
         return {}
     return await read_json_object(request)
 
