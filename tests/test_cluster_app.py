@@ -2,7 +2,10 @@
 fake clock or a Redis outage, which the two-process test (test_multiprocess.py) cannot
 arrange. An operator's desk closing on one process starts the grace period of the session
 they hold on the other (and reopening it cancels it); signing out releases sessions held on
-other processes; broadcast stages and their comments are reached through any process; and a
+other processes; broadcast stages and their comments are reached through any process (a comment
+is queued and moderated in Redis by the process that receives it, even when the owner cannot be
+reached over HTTP); every process lists every process's sessions and stages and serves the
+transcript of a session that ended on another; failed sign-ins count on every process; and a
 Redis restart mid-call loses no session."""
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
+from avatar.broadcast.show_routes import SHOWS
 from avatar.cluster.app import CLUSTER
 from avatar.operator.service import OperatorService
+from avatar.server.app import SESSIONS
 from avatar.server.engines import Engines
 from avatar.server.operator_routes import OPERATORS
 from tests.conftest import API_TOKEN, make_settings
@@ -125,18 +130,109 @@ async def test_grace_and_sign_out_follow_the_operator_across_processes(pair: tup
 async def test_stages_and_comments_through_any_process(pair: tuple[Client, Client]) -> None:
     a, b = pair
     api = {"Authorization": f"Bearer {API_TOKEN}"}
+    # An operator-driven stage: nothing answers comments by itself, so the queue stays as posted.
     resp = await a.post("/api/stages", json={"driver": "operator"}, headers=api)
     assert resp.status == 201, await resp.text()
     stage_id = (await resp.json())["stage_id"]
-    # B does not have the stage; it answers from A.
+    # B does not have the stage; it answers from A, and lists it with its own.
     resp = await b.get(f"/api/stages/{stage_id}", headers=api)
     assert resp.status == 200 and (await resp.json())["stage_id"] == stage_id
-    resp = await b.post(f"/api/stages/{stage_id}/comments", json={"user": "Li", "text": "What are your hours?"},
-                        headers=api)
-    assert resp.status == 202, await resp.text()
-    listed = await (await a.get(f"/api/stages/{stage_id}/comments", headers=api)).json()
-    assert any(c["text"] == "What are your hours?" for c in listed["comments"])  # queued on A, the owner
+    for client in (a, b):
+        listed = await (await client.get("/api/stages", headers=api)).json()
+        assert [s["stage_id"] for s in listed["stages"]] == [stage_id] and "unreachable" not in listed
     assert (await b.get("/api/stages/no-such-stage", headers=api)).status == 404
+    resp = await b.post("/api/stages/no-such-stage/comments", json={"user": "Li", "text": "hello?"}, headers=api)
+    assert resp.status == 404 and "no-such-stage" in (await resp.json())["error"]
+
+    # A cannot be reached over HTTP (its address in Redis points nowhere for a moment): forwarding
+    # fails, yet a comment posted on B is moderated and queued there, and A's show has it.
+    cluster_a: Any = a.app[CLUSTER]
+    await cluster_a.redis.hset(cluster_a.key("nodes"), cluster_a.node.id, "http://127.0.0.1:1")
+    assert (await b.get(f"/api/stages/{stage_id}", headers=api)).status == 502
+    url = f"/api/stages/{stage_id}/comments"
+    posted = []
+    for client, user, text in [(a, "Li", "What are your hours?"), (b, "li", "And on Sundays?"),
+                               (b, "Ann", "What are your hours?"), (a, "Li", "Is there parking?")]:
+        resp = await client.post(url, json={"user": user, "text": text}, headers=api)
+        assert resp.status == 202, await resp.text()
+        posted.append(await resp.json())
+    # Ids are unique on the stage whichever process took the comment; positions count the shared queue.
+    assert [p["comment"]["id"] for p in posted] == ["c1", "c2", "c3", "c4"]
+    assert [p["position"] for p in posted] == [1, 2, 3, 4]
+    # Moderation holds across the processes: Li's fourth comment in a minute (two were on A), and the
+    # third user with the same text.
+    limited = await (await b.post(url, json={"user": "LI", "text": "One more thing"}, headers=api)).json()
+    assert limited["queued"] is False and limited["reason"] == "rate_limited" and limited["retry_after"] > 0
+    crowd = await (await b.post(url, json={"user": "Bo", "text": "what are your HOURS"}, headers=api)).json()
+    assert crowd["queued"] is False and crowd["reason"] == "repeated"
+    show = a.app[SHOWS].stages[stage_id].show
+    assert [c.id for c in await show.waiting()] == ["c1", "c2", "c3", "c4"]
+    assert [c.user for c in await show.waiting()] == ["Li", "li", "Ann", "Li"]
+    await cluster_a.redis.hset(cluster_a.key("nodes"), cluster_a.node.id, cluster_a.node.url)
+
+    # Operator actions are the owner's (its show holds the picked ones): forwarded to A.
+    olga = await sign_in(b, "olga")
+    resp = await b.post(f"{url}/c3/pick", headers=olga)
+    assert resp.status == 200, await resp.text()
+    resp = await b.post(f"{url}/c2/skip", headers=olga)
+    assert resp.status == 200, await resp.text()
+    listed = await (await b.get(url, headers=api)).json()
+    assert [c["id"] for c in listed["comments"]] == ["c3", "c1", "c4"]
+    assert listed["history"][0]["id"] == "c2" and listed["history"][0]["by"] == "olga"
+
+    # The stage ends: its queue leaves Redis.
+    queue_key = cluster_a.key(f"stage:{stage_id}:queue")
+    assert await cluster_a.redis.exists(queue_key)
+    assert (await b.delete(f"/api/stages/{stage_id}", headers=api)).status == 200
+    await eventually(lambda: _gone(cluster_a, queue_key))
+    await cluster_a.drain()  # the registry has forgotten the stage
+    resp = await b.post(url, json={"user": "Zoe", "text": "Still there?"}, headers=api)
+    assert resp.status == 404
+
+
+async def _gone(cluster: Any, key: str) -> bool:
+    return not await cluster.redis.exists(key)
+
+
+async def test_session_lists_and_ended_transcripts_from_any_process(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    api = {"Authorization": f"Bearer {API_TOKEN}"}
+    customer, sid = await connect(a)
+    try:
+        for client in (a, b):
+            listed = await (await client.get("/api/sessions", headers=api)).json()
+            assert [s["session_id"] for s in listed["sessions"]] == [sid] and "unreachable" not in listed
+        resp = await b.post(f"/api/sessions/{sid}/say", headers=api, json={"text": "Your card is on its way."})
+        assert resp.status == 200, await resp.text()
+        session = a.app[SESSIONS].get(sid)
+        assert session is not None
+        await eventually(lambda: any(e.text == "Your card is on its way." for e in session.transcript), within=30)
+        assert (await b.delete(f"/api/sessions/{sid}", headers=api)).status == 200
+    finally:
+        await customer.close()
+    assert (await (await b.get("/api/sessions", headers=api)).json())["sessions"] == []
+    # Ended: A's store holds the transcript (B has its own data directory); B fetches it from A.
+    assert ops(b).store.transcript(sid) == []
+    resp = await b.get(f"/api/sessions/{sid}/transcript", headers=api)
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert body["session_id"] == sid and "Your card is on its way." in [t["text"] for t in body["transcript"]]
+    assert (await b.get("/api/sessions/no-such-session/transcript", headers=api)).status == 404
+
+
+async def test_sign_in_failures_are_limited_across_processes(pair: tuple[Client, Client]) -> None:
+    a, b = pair
+    await sign_in(a, "alice")  # accounts on both processes' stores
+    await sign_in(b, "alice")
+    wrong = {"name": "alice", "password": "not her password"}
+    for client in (a, b, a, b, a):  # five failures, no more than three on either process
+        resp = await client.post("/api/operator/login", json=wrong)
+        assert resp.status == 401
+    for client in (a, b):  # her own limiter on each process would still let her try: Redis does not
+        resp = await client.post("/api/operator/login", json={"name": "alice", "password": PASSWORD})
+        assert resp.status == 429 and "too many failed sign-ins" in (await resp.json())["error"]
+        assert int(resp.headers["Retry-After"]) > 0
+    assert ops(b).limiter.retry_after("alice", "127.0.0.1") is None
 
 
 async def test_a_redis_restart_loses_no_call(pair: tuple[Client, Client], redis_server: RedisServer) -> None:  # noqa: F811
