@@ -12,9 +12,11 @@ A comment that moderation rejects is answered ``200 {"queued": false, "reason", 
 the platform bridge did nothing wrong, and the reason is a stable code it can show or count.
 Malformed input is a 400, as everywhere.
 
-Each stage's programme (``StageShow``), moderation state and outputs live in a ``ShowDirectory``
+Each stage's programme (``StageShow``), moderation filter and outputs live in a ``ShowDirectory``
 on the app, made on first use and dropped when the stage ends (its tasks belong to the stage's
-session, so they stop with it).
+session, so they stop with it). The comment queues and moderation state come from the
+directory's ``CommentStore``: memory, or Redis when processes serve together, in which case a
+comment for a stage of another process is moderated and queued by the process that receives it.
 """
 
 from __future__ import annotations

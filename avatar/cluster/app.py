@@ -8,7 +8,13 @@ Without ``redis_url`` the process is a ``LocalCluster`` and nothing changes. Wit
 - Requests about a session this process does not own (``/api/sessions/{id}/say``,
   ``interrupt``, ``takeover``, ``handback``, ``transcript``, ``DELETE``) are forwarded by
   ``cluster_middleware`` to the process that owns it, with the cluster secret; that process
-  answers them as its own (it is the authority for its sessions' takeover state). A line
+  answers them as its own (it is the authority for its sessions' takeover state). The
+  transcript of an ended session is fetched from the process that stored it (``home:<id>``).
+- New comments on a broadcast stage are not forwarded: the Redis ``CommentStore``
+  (``avatar.cluster.comments``) queues and moderates them where they arrive and wakes the
+  owner's show (the ``comments`` topic).
+- ``GET /api/sessions`` and ``GET /api/stages`` add every other live process's answer
+  (``from_peers``); sign-in attempts are also counted in Redis (``SharedLoginLimiter``). A line
   for several sessions (``POST /api/operator/say``) is split by owner after checking, on
   every owner, that the operator holds them all.
 - Takeovers also take a lock in Redis (``SET NX``) naming the operator.
@@ -463,7 +469,10 @@ async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.Stream
             # Ended (or never here): the transcript is in the store of the process it ran on.
             home = await cluster.home(session_id)
             if home is not None and home.rstrip("/") != cluster.node.url.rstrip("/"):
-                return await forward(request, cluster, Node(home, home), None)
+                answer = await forward(request, cluster, Node(home, home), None)
+                if answer.status != 502:
+                    return answer
+                return None  # that process is gone: a shared data_dir may hold it here
     except ClusterUnavailable as exc:
         log.warning("cannot look up the owner of session %s: %s", session_id, exc)
         if transcript:
