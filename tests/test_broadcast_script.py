@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from avatar.broadcast.comments import Comment, EchoAnswerer, MemoryCommentQueue
+from avatar.broadcast.comments import Comment, EchoAnswerer, MemoryCommentQueue, QueueUnavailable
 from avatar.broadcast.script import (
     ExpressionFace,
     ScriptError,
@@ -271,3 +271,35 @@ async def test_brain_answerer_uses_a_fresh_context_per_comment() -> None:
     assert len(contexts) == 2 and contexts[0] is not contexts[1]
     none_loaded = BrainAnswerer(SimpleNamespace(brain=None, brain_loading=None))
     assert await none_loaded.answer(comment("c3", "c", "x")) is None
+
+
+class AwayQueue(MemoryCommentQueue):
+    """A shared queue whose store is away until ``back`` is set (as Redis fails: every call raises)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.back = False
+        self.failed_pops = 0
+
+    async def pop(self) -> Comment | None:
+        if not self.back:
+            self.failed_pops += 1
+            raise QueueUnavailable("Redis is unreachable")
+        return await super().pop()
+
+
+async def test_the_show_goes_on_while_the_comment_queue_is_away() -> None:
+    fake, session, show, source = make_show()
+    queue = AwayQueue()
+    show.queue = queue
+    try:
+        show.play(parse_script(SCRIPT))
+        await fake.run_for(6.0)
+        assert queue.failed_pops > 0  # it kept asking
+        assert source.requests == ["Welcome to the show", "Here is our new card", "Thank you for watching"]
+        queue.back = True
+        await show.push(comment("c1", "Ann", "Are you back"))
+        await fake.run_for(2.0)
+        assert source.requests[3:] == ["Ann asks: Are you back?", "Are you back"]
+    finally:
+        await session.close()
