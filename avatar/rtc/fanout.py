@@ -377,7 +377,7 @@ class Feed:
         for subs in self.subscribers.values():
             for track in list(subs):
                 track.stop()
-        tasks = [t for t in ((self._task,) if self._task else ()) if t is not None] + list(self._stopping)
+        tasks = ([self._task] if self._task is not None else []) + list(self._stopping)
         for task in tasks:
             task.cancel()
         for task in tasks:
