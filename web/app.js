@@ -94,7 +94,11 @@
       await waitForIceGathering(pc);
       const res = await fetch("/api/offer", {
         method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, avatar: ui.avatar.value || undefined }),
+        body: JSON.stringify({
+          sdp: pc.localDescription.sdp, type: pc.localDescription.type, avatar: ui.avatar.value || undefined,
+          // The bank's id for this customer, when the embedding app passes one: operators then see earlier sessions.
+          customer_id: new URLSearchParams(location.search).get("customer_id") || undefined,
+        }),
       });
       const answer = await res.json().catch(() => ({}));
       if (res.status === 503) throw new Error("All our assistants are busy right now. Please try again in a minute. 当前咨询人数较多，请稍后再试。");

@@ -211,11 +211,10 @@
   function closeDetail() { stopWatch(); stopDrive(); panel.selected = null; ui.detail.hidden = true; renderList(); }
 
   // -- live view: the avatar as the customer sees and hears it, and the customer's microphone -----------
-  let iceServers = null;
   async function peer() {
-    if (iceServers === null) {
-      try { iceServers = (await (await fetch("/api/config")).json()).iceServers || []; } catch (e) { iceServers = []; }
-    }
+    // Fetched for every connection: TURN credentials expire (turn_ttl) long before an operator's shift ends.
+    let iceServers = [];
+    try { iceServers = (await (await fetch("/api/config")).json()).iceServers || []; } catch (e) { iceServers = []; }
     return new RTCPeerConnection({ iceServers, bundlePolicy: "max-bundle" });
   }
 
