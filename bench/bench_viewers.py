@@ -105,11 +105,24 @@ def client_worker(conn: Connection, offer_url: str) -> None:
                     while True:
                         command = await loop.run_in_executor(None, conn.recv)
                         if command[0] == "add":
+                            errors: list[str] = []
                             for start in range(0, command[1], JOIN_BATCH):
                                 batch = [Viewer() for _ in range(min(JOIN_BATCH, command[1] - start))]
-                                viewers.extend(batch)
-                                await asyncio.gather(*(v.join(http, offer_url) for v in batch))
-                            conn.send(len(viewers))
+                                joined = await asyncio.gather(
+                                    *(v.join(http, offer_url) for v in batch), return_exceptions=True
+                                )
+                                for viewer, outcome in zip(batch, joined, strict=True):
+                                    if isinstance(outcome, BaseException):
+                                        errors.append(f"{type(outcome).__name__}: {outcome}")
+                                        await viewer.close()
+                                    else:
+                                        viewers.append(viewer)
+                            conn.send((len(viewers), errors))
+                        elif command[0] == "states":
+                            states: dict[str, int] = {}
+                            for v in viewers:
+                                states[v.pc.connectionState] = states.get(v.pc.connectionState, 0) + 1
+                            conn.send(states)
                         elif command[0] == "counts":
                             conn.send([(v.frames["video"], v.frames["audio"]) for v in viewers])
                         else:
@@ -144,11 +157,24 @@ class Clients:
         shares = [extra // len(self.conns) + (1 if i < extra % len(self.conns) else 0) for i in range(len(self.conns))]
         for conn, share in zip(self.conns, shares, strict=True):
             conn.send(("add", share))
+        self.count = 0
         for conn in self.conns:
             if not conn.poll(300):
                 raise RuntimeError("a client worker did not finish joining within 300 s")
-            conn.recv()
-        self.count = total
+            count, errors = conn.recv()
+            self.count += count
+            if errors:
+                print(f"  {len(errors)} viewers could not join, e.g. {errors[0]}", flush=True)
+
+    def states(self) -> dict[str, int]:
+        """How many viewers' connections are in each state (connected, failed, ...)."""
+        out: dict[str, int] = {}
+        for conn in self.conns:
+            conn.send(("states",))
+        for conn in self.conns:
+            for state, n in conn.recv().items():
+                out[state] = out.get(state, 0) + n
+        return out
 
     def counts(self) -> list[tuple[int, int]]:
         for conn in self.conns:
@@ -172,14 +198,16 @@ class Clients:
 
 
 # -- the measurement ------------------------------------------------------------------------------------
-def measure_step(clients: Clients, server_pid: int, window: float) -> dict[str, Any]:
+def measure_step(clients: Clients, server_pid: int, window: float, feed_sent: Any) -> dict[str, Any]:
     window_cpu = h.CpuWindow({"server": server_pid, **clients.pids()})
     before = clients.counts()
+    sent0 = feed_sent()
     window_cpu.start()
     t0 = time.monotonic()
     time.sleep(window)
     after = clients.counts()
     elapsed = time.monotonic() - t0
+    sent1 = feed_sent()
     cpu = window_cpu.stop()
     video = np.array([(a[0] - b[0]) / elapsed for a, b in zip(after, before, strict=True)])
     audio = np.array([(a[1] - b[1]) / elapsed for a, b in zip(after, before, strict=True)])
@@ -189,6 +217,7 @@ def measure_step(clients: Clients, server_pid: int, window: float) -> dict[str, 
         "fps_min": float(video.min()),
         "fps_p10": float(np.percentile(video, 10)),
         "fps_median": float(np.median(video)),
+        "feed_fps": (sent1 - sent0) / elapsed,  # frames the server's shared feed sent out
         "audio_median": float(np.median(audio)),
         "server_cpu": cpu["server"],
         "clients_cpu": clients_cpu,
@@ -225,6 +254,13 @@ def run(
             )
             urllib.request.urlopen(request, timeout=60).close()
 
+        def feed_sent() -> int:
+            request = urllib.request.Request(
+                f"{server.url}/api/stages/{stage['stage_id']}", headers={"Authorization": f"Bearer {server.token}"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as resp:
+                return int(json.load(resp)["feeds"]["main"]["frames_sent"])
+
         clients = Clients(workers, offer_url)
         results: list[dict[str, Any]] = []
         try:
@@ -235,7 +271,7 @@ def run(
                         asyncio.run(h.wait_for_quiet({"server": server.pid, **clients.pids()}, QUIET_OTHERS, quiet))
                     say()
                     time.sleep(settle)
-                    result = measure_step(clients, server.pid, window)
+                    result = measure_step(clients, server.pid, window, feed_sent)
                     result["attempts"] = attempt
                     # A window that failed while other jobs took the machine says little about
                     # this server: measure it again (at most RETRIES times).
@@ -245,12 +281,13 @@ def run(
                 results.append(result)
                 print(
                     f"{n:4d} viewers: fps min {result['fps_min']:.1f} p10 {result['fps_p10']:.1f} "
-                    f"median {result['fps_median']:.1f}; server {result['server_cpu']:.0f}% "
+                    f"median {result['fps_median']:.1f} (feed {result['feed_fps']:.1f}); server {result['server_cpu']:.0f}% "
                     f"clients {result['clients_cpu']:.0f}% others {result['others_cpu']:.0f}% of one core; "
                     f"load {result['load']:.1f} {'holds' if result['holds'] else 'FAILS'}",
                     flush=True,
                 )
                 if not result["holds"]:
+                    print(f"viewers' connection states: {clients.states()}", flush=True)
                     tail = [line for line in server.log_tail(400).splitlines() if "aiohttp.access" not in line]
                     print("server log (last lines):\n" + "\n".join(tail[-25:]), flush=True)
                     break
@@ -280,7 +317,7 @@ def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
     most = max((r["viewers"] for r in held), default=0)
     slope = per_viewer_cost(results)
     rows = "\n".join(
-        f"| {r['viewers']} | {r['fps_min']:.1f} / {r['fps_p10']:.1f} / {r['fps_median']:.1f} | "
+        f"| {r['viewers']} | {r['fps_min']:.1f} / {r['fps_p10']:.1f} / {r['fps_median']:.1f} | {r['feed_fps']:.1f} | "
         f"{r['audio_median']:.0f} | {r['server_cpu']:.0f} | {r['clients_cpu']:.0f} | {r['others_cpu']:.0f} | "
         f"{r['load']:.1f} | {'yes' if r['holds'] else 'no'}{window_note(r)} |"
         for r in results
@@ -313,13 +350,14 @@ The stage is rendered once and encoded once per codec (VP8 here); every viewer g
 packets. The stage speaks throughout (a long line said again before each window). Viewers are aiortc peers in {workers} client processes that decode nothing (their
 browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts
 (SRTP) and sends about 25 video and 50 audio packets a second. Frame rates are each viewer's
-received video frames over the window; a step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps.
+received video frames over the window ("feed fps": the frames the server's one encoder sent out
+over the same window: where viewers get fewer, the loss is on the way to them); a step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps.
 CPU is % of one core over the window (200 = both cores); "others" is everything else running on
 the machine at the time (this machine is shared): a step that fails while others use more than
 {QUIET_OTHERS:.0f} % is measured again, up to {RETRIES} more windows ("window 2" in the table).
 
-| viewers | video fps min / p10 / median | audio pkts/s (median) | server CPU % | clients CPU % | others CPU % | load avg | holds |
-|---|---|---|---|---|---|---|---|
+| viewers | video fps min / p10 / median | feed fps | audio pkts/s (median) | server CPU % | clients CPU % | others CPU % | load avg | holds |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
 {h.machine_line()}

@@ -174,7 +174,7 @@ async def test_viewers_share_one_encode_and_get_captions(client: TestClient, aut
 
         # One render and one encode per frame however many watch (the frame being encoded at
         # this instant may be counted as read and not yet as encoded).
-        stats = client.app[STAGES].get(sid).media.stats()  # type: ignore[union-attr]
+        stats = (await (await client.get(f"/api/stages/{sid}", headers=auth)).json())["feeds"]
         main = stats["main"]
         assert main["subscribers"] == 3 and list(main["encoders"]) == ["VP8"]
         assert main["frames_read"] > 10 and 0 <= main["frames_read"] - main["encoders"]["VP8"]["frames_encoded"] <= 1

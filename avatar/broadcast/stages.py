@@ -86,6 +86,9 @@ class BroadcastStage:
             "overlay_url": f"/overlay.html?stage={s.id}&key={self.view_key}",
             "watch_url": f"/watch.html?stage={s.id}&key={self.view_key}",
             "viewers": self.media.viewer_count() if self.media is not None else 0,
+            # Per feed (audio, main, overlay): frames read from the stage and sent, subscribers,
+            # and per codec frames encoded and keyframes: one encode per frame, whatever the viewers.
+            "feeds": self.media.stats() if self.media is not None else {},
         }
 
 
