@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from avatar.clock import AUDIO_RATE, VIDEO_CLOCK_RATE, FakeClock
+from avatar.face_state import FaceState
 from avatar.rtc.tracks import AUDIO_FRAME_SAMPLES, StageAudioTrack, StageVideoTrack
 from avatar.speaker import Speaker
 from avatar.stage import SCHEDULE_LEAD, Stage, to_stage_rate
@@ -124,6 +125,44 @@ async def test_tracks_share_one_clock_with_monotonic_pts() -> None:
     for p, sent_at in video_pts:
         assert sent_at == pytest.approx(p / VIDEO_CLOCK_RATE, abs=0.006)
     audio.stop()
+    video.stop()
+
+
+class CachingRenderer(PlainRenderer):
+    """Hands out the same array while the mouth does not move, read-only (as the illustrated
+    renderer does with its cached frames), or one buffer drawn into again (``writeable``)."""
+
+    def __init__(self, writeable: bool = False) -> None:
+        super().__init__()
+        self.writeable = writeable
+        self._last: tuple[float, np.ndarray] | None = None
+
+    def render(self, state: FaceState) -> np.ndarray:
+        if self.writeable and self._last is not None:
+            frame = self._last[1]
+            frame[:, :, 0] = round(state.mouth.open * 255)  # every picture drawn into one buffer
+            return frame
+        if self._last is not None and self._last[0] == state.mouth.open:
+            return self._last[1]
+        frame = super().render(state)
+        frame.flags.writeable = self.writeable
+        self._last = (state.mouth.open, frame)
+        return frame
+
+
+@pytest.mark.parametrize("writeable", [False, True])
+async def test_an_unchanged_picture_is_not_converted_again(writeable: bool) -> None:
+    fake = FakeClock(auto=True)
+    stage = Stage(CachingRenderer(writeable), fake.media_clock(), StillFace(), fps=25)
+    seg = stage.schedule(tone_chunk(seconds=0.2), RampMouth(0.2))
+    video = StageVideoTrack(stage, InlineExecutor())
+    frames = [await video.recv() for _ in range(25)]  # rest, then the ramp, then rest again
+    opens = [int(f.to_ndarray(format="rgb24")[0, 0, 0]) for f in frames]
+    expected = [round(stage.face_at(f.pts / VIDEO_CLOCK_RATE).mouth.open * 255) for f in frames]
+    assert all(abs(a - b) <= 2 for a, b in zip(opens, expected, strict=True))  # yuv420p rounding
+    assert seg.start_time < frames[-1].pts / VIDEO_CLOCK_RATE and max(opens) > 100
+    # Rest frames repeat: read-only ones are converted once per run; a reused buffer every time.
+    assert (video.conversions_saved > 15) if not writeable else (video.conversions_saved == 0)
     video.stop()
 
 

@@ -22,11 +22,15 @@ from avatar.stage import Stage
 AUDIO_FRAME_SAMPLES = AUDIO_RATE // 50  # 20 ms
 
 
+def rgb_to_i420(rgb: np.ndarray) -> np.ndarray:
+    """An RGB image as one yuv420p plane stack ``(h * 3 / 2, w)``."""
+    return np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
+
+
 def rgb_to_video_frame(rgb: np.ndarray) -> av.VideoFrame:
     """Wrap an RGB image as a yuv420p ``VideoFrame`` (cv2's conversion is several times
     cheaper than letting the encoder reformat rgb24)."""
-    i420: np.ndarray = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), dtype=np.uint8)
-    return av.VideoFrame.from_ndarray(i420, format="yuv420p")
+    return av.VideoFrame.from_ndarray(rgb_to_i420(rgb), format="yuv420p")
 
 
 class StageAudioTrack(MediaStreamTrack):
@@ -75,6 +79,12 @@ class StageVideoTrack(MediaStreamTrack):
         self.frames_sent = 0
         self.frames_late = 0
         self.last_time: float | None = None  # stage time of the latest frame sent (metrics: the A/V offset)
+        # The last picture and its yuv420p planes: an idle face often stays the same from one
+        # frame to the next (the renderer then hands out the very same read-only array), and its
+        # conversion need not be done again. Only this track's frames touch them, one at a time.
+        self._last_rgb: np.ndarray | None = None
+        self._last_i420: np.ndarray | None = None
+        self.conversions_saved = 0
 
     async def recv(self) -> av.VideoFrame:
         if self.readyState != "live":
@@ -98,4 +108,11 @@ class StageVideoTrack(MediaStreamTrack):
         return frame
 
     def _render(self, t: float) -> av.VideoFrame:
-        return rgb_to_video_frame(self.stage.render(t))
+        rgb = self.stage.render(t)
+        # A read-only array is one the renderer will not change (it caches frames): the same
+        # object means the same pixels. A writeable one may be a buffer it draws into again.
+        if rgb is self._last_rgb and self._last_i420 is not None and not rgb.flags.writeable:
+            self.conversions_saved += 1
+        else:
+            self._last_rgb, self._last_i420 = rgb, rgb_to_i420(rgb)
+        return av.VideoFrame.from_ndarray(self._last_i420, format="yuv420p")
