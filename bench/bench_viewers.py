@@ -296,6 +296,69 @@ def run(
         return results, stage["stage_id"]
 
 
+def component_costs(frames: int = 100) -> dict[str, float]:
+    """CPU ms per frame (process time, so other jobs barely skew it) of what the stage does once
+    for all its viewers: render, the overlay's packing, VP8 encodes, and an Opus encode per 20 ms."""
+    import tempfile
+
+    from avatar.clock import VIDEO_TIME_BASE
+    from avatar.face_state import FaceState, MouthShape
+    from avatar.render.catalog import AvatarCatalog, default_assets_dir
+    from avatar.rtc.fanout import _OpusEncoder, _VideoEncoder, pack_colour_alpha
+    from avatar.rtc.tracks import rgb_to_video_frame
+
+    with tempfile.TemporaryDirectory() as tmp:
+        renderer = AvatarCatalog(default_assets_dir(), Path(tmp)).load("anna", 512, 512)
+    def speaking(phase: float) -> list[FaceState]:
+        """A speaking face: mouth and head move every frame; a new phase misses the renderer's caches."""
+        return [
+            FaceState(head_yaw=0.05 * np.sin(i / 7 + phase), breath=(i / frames + phase) % 1.0).with_mouth(
+                MouthShape(open=0.5 + 0.5 * np.sin(i / 3 + phase))
+            )
+            for i in range(frames)
+        ]
+
+    states = speaking(0.0)
+
+    def cpu_ms(work: Any) -> float:
+        t0 = time.process_time()
+        work()
+        return (time.process_time() - t0) * 1000 / frames
+
+    out: dict[str, float] = {}
+    out["render RGB"] = cpu_ms(lambda: [renderer.render(s) for s in states])
+    fresh = speaking(1.3)
+    out["render RGBA"] = cpu_ms(lambda: [renderer.render_rgba(s) for s in fresh])
+    rgba = [renderer.render_rgba(s) for s in states]
+    out["pack colour + alpha"] = cpu_ms(lambda: [pack_colour_alpha(x) for x in rgba])
+    main_frames = [rgb_to_video_frame(renderer.render(s)) for s in states]
+    overlay_frames = [pack_colour_alpha(x) for x in rgba]
+    for frames_list in (main_frames, overlay_frames):
+        for i, f in enumerate(frames_list):
+            f.pts = i * 3600
+            f.time_base = VIDEO_TIME_BASE
+    main_enc, overlay_enc = _VideoEncoder("VP8", 25, 1_000_000), _VideoEncoder("VP8", 25, 1_500_000)
+    out["VP8 encode 512x512"] = cpu_ms(lambda: [main_enc.encode(f) for f in main_frames])
+    out["VP8 encode 512x1040 (overlay)"] = cpu_ms(lambda: [overlay_enc.encode(f) for f in overlay_frames])
+    opus = _OpusEncoder()
+    audio = [_audio_frame(i) for i in range(frames)]
+    out["Opus encode (20 ms)"] = cpu_ms(lambda: [opus.encode(a) for a in audio])
+    return out
+
+
+def _audio_frame(i: int) -> Any:
+    import av
+
+    from avatar.clock import AUDIO_TIME_BASE
+
+    samples = (np.sin(np.arange(960) * 0.07 + i) * 6000).astype(np.int16).reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    frame.sample_rate = 48_000
+    frame.pts = i * 960
+    frame.time_base = AUDIO_TIME_BASE
+    return frame
+
+
 def per_viewer_cost(results: list[dict[str, Any]]) -> float:
     """Server CPU per extra viewer, % of one core: the slope of a least-squares line through the
     steps that held (the stage's one render and encode are the intercept)."""
@@ -312,7 +375,7 @@ def window_note(result: dict[str, Any]) -> str:
     return "" if result["attempts"] == 1 else f" (window {result['attempts']})"
 
 
-def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
+def section(results: list[dict[str, Any]], command: str, workers: int, components: dict[str, float]) -> str:
     held = [r for r in results if r["holds"]]
     most = max((r["viewers"] for r in held), default=0)
     slope = per_viewer_cost(results)
@@ -339,6 +402,9 @@ def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
         )
     else:
         projection = "Too few steps held to fit a cost per viewer."
+    fps = 25
+    per_viewer_encode = fps * components["VP8 encode 512x512"] + 50 * components["Opus encode (20 ms)"]
+    component_rows = "\n".join(f"| {name} | {value:.2f} |" for name, value in components.items())
     return f"""## Viewers of one broadcast stage (bench/bench_viewers.py)
 
 `{command}`
@@ -347,11 +413,13 @@ def section(results: list[dict[str, Any]], command: str, workers: int) -> str:
 {projection}
 
 The stage is rendered once and encoded once per codec (VP8 here); every viewer gets the same
-packets. The stage speaks throughout (a long line said again before each window). Viewers are aiortc peers in {workers} client processes that decode nothing (their
-browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts
-(SRTP) and sends about 25 video and 50 audio packets a second. Frame rates are each viewer's
-received video frames over the window ("feed fps": the frames the server's one encoder sent out
-over the same window: where viewers get fewer, the loss is on the way to them); a step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps.
+packets. The stage speaks throughout (a long line said again before each window). Viewers are
+aiortc peers in {workers} client processes that decode nothing (their browsers would decode), so
+the server's CPU is its own: per viewer it packetizes, encrypts (SRTP) and sends about 25 video
+and 50 audio packets a second. Frame rates are each viewer's received video frames over the
+window ("feed fps": the frames the server's one encoder sent out over the same window; where
+viewers get fewer, the loss is on the way to them); a step holds when the slowest viewer gets
+>= {FPS_FLOOR:.0f} fps.
 CPU is % of one core over the window (200 = both cores); "others" is everything else running on
 the machine at the time (this machine is shared): a step that fails while others use more than
 {QUIET_OTHERS:.0f} % is measured again, up to {RETRIES} more windows ("window 2" in the table).
@@ -359,6 +427,17 @@ the machine at the time (this machine is shared): a step that fails while others
 | viewers | video fps min / p10 / median | feed fps | audio pkts/s (median) | server CPU % | clients CPU % | others CPU % | load avg | holds |
 |---|---|---|---|---|---|---|---|---|
 {rows}
+
+What the stage does once for all its viewers, CPU ms per frame on one core (process time, a
+speaking face, {fps} fps video and 20 ms Opus packets):
+
+| step | CPU ms |
+|---|---|
+{component_rows}
+
+Encoding per viewer instead (what a session per viewer would do) would add about
+{per_viewer_encode:.0f} ms of CPU per viewer per second ({per_viewer_encode / 10:.1f} % of a core) for VP8
+and Opus alone, on top of the sending cost measured above.
 
 {h.machine_line()}
 """
@@ -384,9 +463,11 @@ def main() -> None:
     if not steps or steps[0] < 1 or args.window <= 0 or args.workers < 1:
         print("--steps must be positive, --window > 0, --workers >= 1", file=sys.stderr)
         raise SystemExit(2)
+    components = component_costs()
+    print("CPU ms per frame: " + ", ".join(f"{k} {v:.2f}" for k, v in components.items()), flush=True)
     results, _ = run(steps, args.window, args.settle, args.workers, args.quiet)
     command = ".venv/bin/python bench/bench_viewers.py " + " ".join(sys.argv[1:])
-    text = section(results, command.strip(), args.workers)
+    text = section(results, command.strip(), args.workers, components)
     print(text)
     if not args.no_write:
         write_section("viewers", text)
