@@ -77,10 +77,10 @@ def pack_colour_alpha(rgba: np.ndarray) -> av.VideoFrame:
     h, w = rgba.shape[:2]
     if h % 4 or w % 2:
         raise ValueError(f"the overlay needs a height divisible by 4 and an even width, not {w}x{h}")
-    rgb = np.ascontiguousarray(rgba[..., :3])
-    alpha = np.ascontiguousarray(rgba[..., 3])
+    red, green, blue, alpha = cv2.split(np.ascontiguousarray(rgba))  # far cheaper than numpy slicing
+    rgb = cv2.merge([red, green, blue])
     # The bleed colour: premultiplied colour spread by a box blur, divided by the spread coverage.
-    # At a quarter of the resolution (4 ms a frame instead of 9 at 512x512): only its smooth
+    # At a quarter of the resolution (a few ms a frame instead of 9 at 512x512): only its smooth
     # fall-off matters, and it is hidden wherever the matte is 0.
     premultiplied = cv2.multiply(rgb, cv2.merge([alpha, alpha, alpha]), scale=1 / 255)
     small = (max(1, w // 4), max(1, h // 4))
