@@ -11,7 +11,7 @@ import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.svm import SVC
 
-from avatar.brain import Brain, DialogueContext
+from avatar.brain import Brain, DialogueContext, classifier
 from avatar.brain.classifier import (
     EXIT_MAX_LOSS,
     EXIT_MIN_PROBABILITY,
@@ -182,3 +182,12 @@ def test_early_exit_ranks_without_embedding(tmp_path_factory: pytest.TempPathFac
     assert not fast.rank(sure).embedded and fast.rank(sure).probabilities[0] >= 0.5
     reply = fast.reply(DialogueContext(), sure)
     assert (reply.action, reply.topic) == ("answer", "international_transfer")
+
+
+def test_training_key_changes_with_the_embedder_and_the_early_exit(monkeypatch: pytest.MonkeyPatch) -> None:
+    samples = [("en", "card_lost", "I lost my card"), ("en", "balance", "What is my balance?")]
+    key = IntentModel.training_key(samples, "e5onnx1-x")
+    assert key == IntentModel.training_key(list(samples), "e5onnx1-x")
+    assert key != IntentModel.training_key(samples, "e5onnx2-x")  # new vectors: learn again
+    monkeypatch.setattr(classifier, "EXIT_MAX_LOSS", classifier.EXIT_MAX_LOSS * 2)
+    assert key != IntentModel.training_key(samples, "e5onnx1-x")  # another exit threshold: learn again
