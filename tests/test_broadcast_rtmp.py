@@ -153,7 +153,8 @@ async def wait_for_state(
 def test_url_checks() -> None:
     assert check_url(" rtmp://live.example.com/app/key123 ") == "rtmp://live.example.com/app/key123"
     assert check_url("rtmps://a.example.com:443/live/abc") == "rtmps://a.example.com:443/live/abc"
-    for bad in ("", "http://x/app/key", "rtmp://x/app", "rtmp:///app/key", "rtmp://x/app/k ey"):
+    for bad in ("", "http://x/app/key", "rtmp://x/app", "rtmp:///app/key", "rtmp://x/app/k ey",
+                "rtmp://x:99999/app/key", "rtmp://x:port/app/key"):
         with pytest.raises(BadOutputUrl):
             check_url(bad)
     # The stream key is a secret: status shows only its start.

@@ -59,6 +59,10 @@ def check_url(url: str) -> str:
         raise BadOutputUrl("'url' must start with rtmp:// or rtmps://")
     if not parts.hostname:
         raise BadOutputUrl("'url' has no host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise BadOutputUrl("'url' has a bad port (it must be a number from 0 to 65535)") from None
     if any(c.isspace() for c in url):
         raise BadOutputUrl("'url' must not contain spaces")
     if len([p for p in parts.path.split("/") if p]) < 2:
