@@ -195,11 +195,13 @@
       ui.captions.appendChild(s);
       return;
     }
+    const pieces = wordPieces(msg.text || "", msg.words);
     msg.words.forEach((w, i) => {
       const s = document.createElement("span");
-      s.className = "w future"; s.textContent = w.text;
+      s.className = "w future"; s.textContent = pieces ? pieces[i].word : w.text;
       ui.captions.appendChild(s);
-      if (i < msg.words.length - 1 && sep) ui.captions.appendChild(document.createTextNode(sep));
+      const gap = pieces ? pieces[i].gap : (i < msg.words.length - 1 ? sep : "");
+      if (gap) ui.captions.appendChild(document.createTextNode(gap));
       spans.push(s);
     });
     const delayMs = playoutDelayMs();
@@ -209,6 +211,26 @@
       }, w.start * 1000 + delayMs));
     });
     captionTimers.push(setTimeout(() => spans.forEach((s) => { s.className = "w spoken"; }), msg.duration * 1000 + delayMs));
+  }
+
+  // The timed words carry no punctuation ("mean", not "mean?"): cut the sentence's own text at
+  // the words, in order, so each word keeps the punctuation after it and the spaces between them
+  // are the sentence's. null when a word is not found (a TTS that rewrote it): plain words then.
+  function wordPieces(text, words) {
+    const lower = text.toLowerCase();
+    const starts = [];
+    let cursor = 0;
+    for (const w of words) {
+      const at = w.text ? lower.indexOf(w.text.toLowerCase(), cursor) : -1;
+      if (at < 0) return null;
+      starts.push(at); cursor = at + w.text.length;
+    }
+    return words.map((w, i) => {
+      const from = i === 0 ? 0 : starts[i];
+      const chunk = text.slice(from, i + 1 < words.length ? starts[i + 1] : text.length);
+      const word = chunk.trimEnd();
+      return { word: i === 0 ? word.trimStart() : word, gap: chunk.slice(word.length) };
+    });
   }
 
   function playoutDelayMs() {

@@ -158,7 +158,7 @@
     const info = document.createElement("div"); info.className = "info";
     const parts = [];
     if (s.emotion !== null && s.emotion !== undefined) parts.push(`emotion ${Number(s.emotion).toFixed(2)}`);
-    if (s.handoff_reason) parts.push(`asks for a human: ${s.handoff_reason}`);
+    if (s.handoff_reason) parts.push(`asks for a human: ${reasonText(s.handoff_reason)}`);
     info.textContent = parts.join(" · ");
     li.append(top, last, info);
     li.addEventListener("click", () => openSession(s.session_id));
@@ -166,6 +166,16 @@
   }
 
   setInterval(() => { if (Object.values(panel.sessions).some((s) => s.control === "waiting")) renderList(); }, 1000);
+
+  // The brain's hand-off reason codes, in words an operator reads at a glance.
+  const REASONS = {
+    customer_request: "the customer asked for a person",
+    negative_emotion: "the customer sounds upset",
+    repeated_failure: "the AI could not answer twice in a row",
+    complaint: "a complaint",
+    topic_flagged: "a topic for a person",
+  };
+  function reasonText(code) { return REASONS[code] || String(code || "").replace(/_/g, " "); }
 
   // -- alerts: visible and audible ------------------------------------------------------------------
   function unlockAudio() {
@@ -184,7 +194,7 @@
   }
 
   function raiseAlert(msg) {
-    ui.alert.textContent = `A customer needs a human (${msg.avatar}): ${msg.reason}`;
+    ui.alert.textContent = `A customer needs a human (${msg.avatar}): ${reasonText(msg.reason)}`;
     ui.alert.hidden = false;
     beep();
   }
@@ -365,7 +375,7 @@
     ui.sayText.disabled = !mine; ui.sayForm.querySelector("button").disabled = !mine;
     ui.voiceMode.disabled = !mine; ui.cameraMode.disabled = !mine;
     if (!mine && panel.drive.sessionId === s.session_id) stopDrive();  // handed back, or taken by the grace period
-    ui.reason.hidden = !s.handoff_reason; ui.reason.textContent = s.handoff_reason ? `Asks for a human: ${s.handoff_reason}` : "";
+    ui.reason.hidden = !s.handoff_reason; ui.reason.textContent = s.handoff_reason ? `Asks for a human: ${reasonText(s.handoff_reason)}` : "";
     const suggestions = (s.suggestions || []).map((x) => (typeof x === "string" ? x : x.text || x.answer || "")).filter(Boolean);
     ui.suggestions.replaceChildren(...suggestions.map((text) => {
       const b = document.createElement("button"); b.type = "button"; b.textContent = text;
