@@ -132,8 +132,15 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    brain = Brain.load(None, args.data_dir, progress=lambda m: print(m, file=sys.stderr, flush=True))
+    messages: list[str] = []
+
+    def progress(message: str) -> None:
+        messages.append(message)
+        print(message, file=sys.stderr, flush=True)
+
+    brain = Brain.load(None, args.data_dir, progress=progress)
     load_seconds = time.perf_counter() - started
+    learnt = any(m.startswith("training") for m in messages)
     small = Brain.load(EVAL / "small_kb.csv", args.data_dir)
 
     banking = read_cases(BANKING77_TEST)
@@ -244,9 +251,13 @@ def main() -> int:
         f"({zh_model.exit_rate:.0%} Chinese). Timed here: {en_exits:.0%} of the English utterances and "
         f"{zh_exits:.0%} of the Chinese cases.",
         "",
-        f"Loading the shipped knowledge base: {load_seconds:.1f} s this run "
-        "(learnt models cached under the data directory; the first run learns them, which takes minutes on one "
-        "core). Machine: "
+        f"Loading the shipped knowledge base: {load_seconds:.1f} s this run, "
+        + (
+            "learning it (embedding its questions on both cores, then fitting the models on one)"
+            if learnt
+            else "from the models cached under the data directory by an earlier run, which learnt them"
+        )
+        + ". Machine: "
         f"{platform.machine()}, {os.cpu_count()} CPUs, load average {load_before:.1f} before / {load_after:.1f} after "
         f"(a shared machine: other jobs inflate times); Python {platform.python_version()}.",
     ]
