@@ -364,6 +364,7 @@ class Listener:
         self._spec: _Recognition | None = None
         self._partial: _Recognition | None = None
         self._reply_lock = asyncio.Lock()  # answers go to the driver one turn at a time
+        self._pending_turns = 0  # turns ended and not yet recognised and handed to the driver
         # Silence timers.
         self._quiet_since = self.clock.time()
         self._prompted = False
@@ -679,6 +680,7 @@ class Listener:
             self._partial.task.cancel()  # a final is what counts now
         over_avatar = self._over_avatar
         self.session.set_activity("thinking")
+        self._pending_turns += 1
         self.session.spawn(self._complete(rec, record, over_avatar), "customer-turn")
 
     async def _complete(self, rec: _Recognition, record: TurnRecord, over_avatar: bool) -> None:
@@ -704,6 +706,7 @@ class Listener:
                 return
             await self._answer(text, record)
         finally:
+            self._pending_turns -= 1
             self._report(record)
 
     async def _answer(self, text: str, record: TurnRecord) -> None:
@@ -775,6 +778,10 @@ class Listener:
             and now - self._last_voice > self.config.endpoint.end_of_turn
         ):
             self.session.set_activity("idle")  # speech that never made a turn (a cough, a blip)
+        if self.session.activity == "thinking" and not self._pending_turns and not self.session.speaker.busy:
+            # An answer queued behind a line the avatar was already saying starts without a new
+            # "speaking" state, so nothing else ends "thinking" once all has been said.
+            self.session.set_activity("idle")
         self._silence_timers(now)
 
     def _silence_timers(self, now: float) -> None:

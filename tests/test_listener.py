@@ -438,6 +438,28 @@ async def test_a_backchannel_over_the_avatar_is_not_a_turn(vad: VoiceActivityDet
         await rig.close()
 
 
+async def test_thinking_ends_when_an_answer_queued_behind_another_line_has_been_said(
+    vad: VoiceActivityDetector,
+) -> None:
+    """A turn answered while the avatar is already speaking (a customer who went on after a turn
+    taken early, the barge-in swallowed by the echo guard) queues its answer behind the line
+    being said: no new "speaking" state marks its start, yet the session must not stay
+    "thinking" once everything has been said (the silence prompts wait while it does)."""
+    rig = make_rig(vad, Scripted("Hello."), source=LineSource())
+    try:
+        rig.session.say("one two three four five six")
+        await rig.play(silence(0.3))
+        assert rig.session.state == "speaking"
+        rig.session.set_activity("thinking")  # what the listener's turn sets; its answer is queued
+        rig.session.say("seven eight nine ten eleven twelve")
+        await rig.play(silence(0.6))
+        assert rig.session.state == "speaking" and rig.session.activity == "thinking"
+        await rig.play(silence(1.5))
+        assert not rig.session.speaker.busy and rig.session.state == "idle"
+    finally:
+        await rig.close()
+
+
 async def test_inbound_audio_is_timed_by_its_least_delayed_frames(vad: VoiceActivityDetector) -> None:
     """Jitter only delays frames: speech is stamped at the pace of the earliest arrivals, not
     of a late first frame; after frames are lost the timeline starts again where they resume."""
