@@ -387,3 +387,15 @@ async def test_the_reply_starts_with_its_voice_and_a_cut_sentence_joins_without_
     assert np.array_equal(chunks[2].audio, whole[2].audio)  # whole sentences keep their own pauses
     for chunk in chunks:
         assert_speech_chunk(chunk)
+
+
+async def test_a_line_break_is_a_sentence_end_not_a_cut(offline_registry: TTSRegistry) -> None:
+    voice = offline_registry.voice_for("bob", "en")
+    text = "Your card is ready\nIt arrives on Monday"  # no punctuation: two sentences all the same
+    async with aclosing(speak_stream(offline_registry, text, voice)) as stream:
+        chunks = [chunk async for chunk in stream]
+    whole = [await offline_registry.synthesize(c.text, voice) for c in chunks]  # the cache has them
+    assert [c.text for c in chunks] == ["Your card is ready", "It arrives on Monday"]
+    assert np.array_equal(chunks[0].audio[-100:], whole[0].audio[-100:])  # its closing pause kept
+    assert len(chunks[0].audio) <= len(whole[0].audio)  # at most its lead-in went
+    assert chunks[1] is whole[1]  # the next sentence as the voice made it

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator
 
-from avatar.speech.sentences import DEFAULT_FIRST_MAX_UNITS, ends_clause, ends_sentence, split_sentences
+from avatar.speech.sentences import DEFAULT_FIRST_MAX_UNITS, ends_clause, split_sentences
 from avatar.speech.tts.base import Voice
 from avatar.speech.tts.registry import TTSRegistry
 from avatar.speech.tts.silence import trim_silence
@@ -51,6 +51,9 @@ async def speak_stream(
     sentences = split_sentences(text, first_max_units=first_max_units)
     if not sentences:
         return
+    # The first sentence may have been cut in pieces: the first ``cuts`` pieces each go on in the
+    # next one (a line break, say, also ends a sentence without punctuation, and is no cut).
+    cuts = len(sentences) - len(split_sentences(text, first_max_units=0))
     ready: asyncio.Queue[SpeechChunk | Exception | None] = asyncio.Queue(maxsize=lookahead)
 
     async def produce() -> None:
@@ -60,9 +63,8 @@ async def speak_stream(
             except Exception as exc:  # handed to the consumer, in order
                 await ready.put(exc)
                 return
-            continues = i > 0 and not ends_sentence(sentences[i - 1])
-            lead = LEAD_KEEP if i == 0 or continues else None
-            tail = WORD_CUT_TAIL if i + 1 < len(sentences) and not ends_clause(sentence) else None
+            lead = LEAD_KEEP if i <= cuts else None  # the reply's start, or a cut sentence going on
+            tail = WORD_CUT_TAIL if i < cuts and not ends_clause(sentence) else None
             await ready.put(trim_silence(chunk, lead=lead, tail=tail))
         await ready.put(None)  # the end
 
