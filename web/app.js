@@ -188,7 +188,8 @@
     client.captions.push(msg);
     captionTimers.forEach(clearTimeout); captionTimers = [];
     ui.captions.innerHTML = "";
-    const sep = msg.lang === "zh" ? "" : " ";
+    // Chinese runs its characters together, also in a line tagged with another language.
+    const sep = msg.lang === "zh" || /^[^\s]*[\u3400-\u9fff][^\s]*$/.test(msg.text || "") ? "" : " ";
     const spans = [];
     if (!msg.words || msg.words.length === 0) {
       const s = document.createElement("span"); s.className = "w spoken"; s.textContent = msg.text;

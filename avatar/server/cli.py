@@ -68,7 +68,14 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(problem)
     app = create_app(settings)
     scheme = "https" if tls is not None else "http"
-    print(f"avatar: serving on {scheme}://{settings.host}:{settings.port}/ (data in {settings.data_dir.resolve()})", flush=True)
+    print(f"avatar: starting: loading voices and models (data in {settings.data_dir.resolve()})", flush=True)
+
+    async def announce(_app: web.Application) -> None:
+        # Runs after the engines' start-up (a minute on a busy machine), just before the socket
+        # listens: a reader who opens the address on this line gets the page, not a refusal.
+        print(f"avatar: serving on {scheme}://{settings.host}:{settings.port}/", flush=True)
+
+    app.on_startup.append(announce)
     try:
         web.run_app(
             app, host=settings.host, port=settings.port, ssl_context=tls, print=None, shutdown_timeout=5.0
