@@ -3,8 +3,9 @@ CPU each extra viewer costs.
 
 ``avatar serve`` runs as a child process (its CPU is measured apart); one stage is created and
 viewers join it in steps through ``POST /api/stages/{id}/offer``. The viewers are aiortc peers in
-``--workers`` separate client processes, with decoders that decode nothing (a viewer's browser
-decodes on its own machine), so the client cost is separable and reported beside the server's.
+``--workers`` separate client processes that count the packets they receive without buffering or
+decoding them (a viewer's browser does that on its own machine), so the client cost is separable,
+small, and reported beside the server's.
 At each step, after the joins settle, every viewer's received video frame rate is measured over
 a window; a step holds when the slowest viewer gets >= 24 fps. The server renders and encodes
 the stage once whatever the number of viewers (``avatar/rtc/fanout.py``), so its cost per viewer
@@ -50,28 +51,29 @@ LINE = (
 
 # -- client worker processes -----------------------------------------------------------------------
 class Viewer:
-    """A receive-only aiortc peer counting the frames it receives (nothing is decoded)."""
+    """A receive-only aiortc peer counting what arrives: video frames (RTP packets with the marker
+    bit, which ends each frame) and audio packets. The packets are decrypted (SRTP) as in any
+    receiver but go no further: no jitter buffer, no decoder thread, so one client process can
+    stand in for many viewers (their browsers do that work on their own machines)."""
 
     def __init__(self) -> None:
         from aiortc import RTCPeerConnection
 
         self.pc = RTCPeerConnection()
-        self.pc.addTransceiver("audio", direction="recvonly")
-        self.pc.addTransceiver("video", direction="recvonly")
         self.frames = {"audio": 0, "video": 0}
-        self.tasks: list[asyncio.Task[None]] = []
+        for kind in ("audio", "video"):
+            receiver = self.pc.addTransceiver(kind, direction="recvonly").receiver
+            # aiortc's DTLS transport hands each packet to this method of its receiver.
+            setattr(receiver, "_handle_rtp_packet", self._counter(kind))  # noqa: B010
 
-        @self.pc.on("track")
-        def _track(track: Any) -> None:
-            self.tasks.append(asyncio.create_task(self._count(track)))
+    def _counter(self, kind: str) -> Any:
+        frames = self.frames
 
-    async def _count(self, track: Any) -> None:
-        from aiortc.mediastreams import MediaStreamError
+        async def count(packet: Any, arrival_time_ms: int) -> None:
+            if kind == "audio" or packet.marker:
+                frames[kind] += 1
 
-        with contextlib.suppress(MediaStreamError, asyncio.CancelledError):
-            while True:
-                await track.recv()
-                self.frames[track.kind] += 1
+        return count
 
     async def join(self, http: Any, url: str) -> None:
         from aiortc import RTCSessionDescription
@@ -86,9 +88,6 @@ class Viewer:
 
     async def close(self) -> None:
         await self.pc.close()
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
 
 
 def client_worker(conn: Connection, offer_url: str) -> None:
@@ -99,37 +98,36 @@ def client_worker(conn: Connection, offer_url: str) -> None:
     async def main() -> None:
         viewers: list[Viewer] = []
         loop = asyncio.get_running_loop()
-        with h.null_decoders():
-            async with h.http_session() as http:
-                try:
-                    while True:
-                        command = await loop.run_in_executor(None, conn.recv)
-                        if command[0] == "add":
-                            errors: list[str] = []
-                            for start in range(0, command[1], JOIN_BATCH):
-                                batch = [Viewer() for _ in range(min(JOIN_BATCH, command[1] - start))]
-                                joined = await asyncio.gather(
-                                    *(v.join(http, offer_url) for v in batch), return_exceptions=True
-                                )
-                                for viewer, outcome in zip(batch, joined, strict=True):
-                                    if isinstance(outcome, BaseException):
-                                        errors.append(f"{type(outcome).__name__}: {outcome}")
-                                        await viewer.close()
-                                    else:
-                                        viewers.append(viewer)
-                            conn.send((len(viewers), errors))
-                        elif command[0] == "states":
-                            states: dict[str, int] = {}
-                            for v in viewers:
-                                states[v.pc.connectionState] = states.get(v.pc.connectionState, 0) + 1
-                            conn.send(states)
-                        elif command[0] == "counts":
-                            conn.send([(v.frames["video"], v.frames["audio"]) for v in viewers])
-                        else:
-                            break
-                finally:
-                    await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
-                    conn.send("stopped")
+        async with h.http_session() as http:
+            try:
+                while True:
+                    command = await loop.run_in_executor(None, conn.recv)
+                    if command[0] == "add":
+                        errors: list[str] = []
+                        for start in range(0, command[1], JOIN_BATCH):
+                            batch = [Viewer() for _ in range(min(JOIN_BATCH, command[1] - start))]
+                            joined = await asyncio.gather(
+                                *(v.join(http, offer_url) for v in batch), return_exceptions=True
+                            )
+                            for viewer, outcome in zip(batch, joined, strict=True):
+                                if isinstance(outcome, BaseException):
+                                    errors.append(f"{type(outcome).__name__}: {outcome}")
+                                    await viewer.close()
+                                else:
+                                    viewers.append(viewer)
+                        conn.send((len(viewers), errors))
+                    elif command[0] == "states":
+                        states: dict[str, int] = {}
+                        for v in viewers:
+                            states[v.pc.connectionState] = states.get(v.pc.connectionState, 0) + 1
+                        conn.send(states)
+                    elif command[0] == "counts":
+                        conn.send([(v.frames["video"], v.frames["audio"]) for v in viewers])
+                    else:
+                        break
+            finally:
+                await asyncio.gather(*(v.close() for v in viewers), return_exceptions=True)
+                conn.send("stopped")
 
     asyncio.run(main())
 
@@ -414,10 +412,10 @@ def section(results: list[dict[str, Any]], command: str, workers: int, component
 
 The stage is rendered once and encoded once per codec (VP8 here); every viewer gets the same
 packets. The stage speaks throughout (a long line said again before each window). Viewers are
-aiortc peers in {workers} client processes that decode nothing (their browsers would decode), so
-the server's CPU is its own: per viewer it packetizes, encrypts (SRTP) and sends about 25 video
+aiortc peers in {workers} client processes that count the packets they receive (decrypted, not
+decoded: their browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts (SRTP) and sends about 25 video
 and 50 audio packets a second. Frame rates are each viewer's received video frames over the
-window ("feed fps": the frames the server's one encoder sent out over the same window; where
+window (RTP packets ending a frame; "feed fps": the frames the server's one encoder sent out over the same window; where
 viewers get fewer, the loss is on the way to them); a step holds when the slowest viewer gets
 >= {FPS_FLOOR:.0f} fps.
 CPU is % of one core over the window (200 = both cores); "others" is everything else running on
