@@ -55,7 +55,8 @@ async def test_auth_failures(client: TestClient, auth: dict[str, str]) -> None: 
                 assert resp.status == 401, (method, path, headers, await resp.text())
                 assert "error" in await resp.json()
         # The integration token is not an operator: it may read transcripts, not take over.
-        assert (await client.post(f"/api/sessions/{sid}/takeover", headers=auth)).status == 401
+        as_api = await client.post(f"/api/sessions/{sid}/takeover", headers=auth)
+        assert as_api.status == 401 and "not the API token" in (await as_api.json())["error"]
         assert (await client.get(f"/api/sessions/{sid}/transcript", headers=auth)).status == 200
 
         # Wrong password, unknown name, bad body.

@@ -54,6 +54,9 @@ def operator_of(request: web.Request) -> str:
         raise _unauthorized("missing Authorization: Bearer <operator token>")
     name = request.app[OPERATORS].tokens.resolve(token)
     if name is None:
+        if hmac.compare_digest(token.encode(), request.app[API_TOKEN].encode()):
+            # The integration token is valid but is nobody: say so rather than "invalid".
+            raise _unauthorized("this needs a signed-in operator's token (POST /api/operator/login), not the API token")
         raise _unauthorized("invalid or expired operator token")
     return name
 
