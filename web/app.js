@@ -121,7 +121,7 @@
   }
 
   function hangup(clearMessage = true) {
-    captionTimers.forEach(clearTimeout); captionTimers = [];
+    stopCaption();  // the voice stopped: no highlight left frozen mid-sentence
     if (micTrack) { micTrack.stop(); micTrack = null; }
     if (pc) { pc.close(); pc = client.pc = null; }
     channel = client.channel = null;
