@@ -164,6 +164,19 @@ def audit_trail(data_dir: Path, session_id: str) -> tuple[list[dict[str, Any]], 
     return utterances, events
 
 
+async def flush_store(http: aiohttp.ClientSession, server: ServerProcess, session_id: str) -> None:
+    """A barrier before reading the store's file: the transcript route waits until every write the
+    server queued so far is committed (the store commits on its own thread, one fsync per batch)."""
+    status, data, _ = await api(http, "GET", f"{server.url}/api/sessions/{session_id}/transcript", server.token)
+    if status != 200:
+        raise RuntimeError(f"GET transcript of {session_id} failed: {status} {error_of(data)}")
+
+
+def store_errors(server: ServerProcess) -> list[str]:
+    """Lines of the server's log about audit records it could not store."""
+    return [line for line in server.log_tail(400).splitlines() if "audit record" in line or "store write" in line]
+
+
 def words(text: str) -> list[str]:
     """Lower-case words without punctuation (a cut line's heard text is its words joined)."""
     return re.findall(r"[\w']+", text.lower())
@@ -348,8 +361,10 @@ async def case_network() -> Case:
                 await customer.close()
             after = await settle_tasks(http, server, before, within=20.0)
             case.tasks.append(("server", before, after))
+            await flush_store(http, server, sid)
             utterances, _ = audit_trail(server.data_dir, sid)
             check_acknowledged(case, utterances)
+            case.details += store_errors(server)
             long_rows = [u for u in utterances if LONG_LINE.startswith(u["text"]) and u["speaker"] == "ai"
                          and u["text"] and len(u["text"]) > 40]
             received = " ".join(captions)
@@ -503,8 +518,10 @@ async def case_browser() -> Case:
             # The operator's live view (a WebRTC peer of the dead browser) ends by ICE consent.
             after = await settle_tasks(http, server, before, within=60.0)
             case.tasks.append(("server", before, after))
+            await flush_store(http, server, sid)
             utterances, events = audit_trail(server.data_dir, sid)
             check_acknowledged(case, utterances)
+            case.details += store_errors(server)
             kinds = [(e["kind"], e["detail"]) for e in events]
             case.note(f"audit events: {', '.join(k + (' ' + d if d not in ('{}', None) else '') for k, d in kinds)}")
             if not any(k == "handback" and "grace_expired" in d for k, d in kinds):
@@ -781,8 +798,10 @@ async def run_redis_case(
 
     if await wait_until(gone_everywhere, within=30.0) is None:
         case.stuck.append("the session was still live on A or listed on B 30 s after the customer left")
+    await flush_store(http, a, sid)
     utterances, events = audit_trail(a.data_dir, sid)
     check_acknowledged(case, utterances)
+    case.details += store_errors(a)
     case.note(f"audit events on A: {', '.join(e['kind'] for e in events)}")
     case.details.append(f"Stored on A: {short(utterances)}.")
 
