@@ -91,15 +91,20 @@ async def test_raw_bodies_are_refused_cleanly(client: TestClient, auth: dict[str
     await client.app[SESSIONS].close_all()
 
 
+_BASE_OFFER: dict[str, str] = {}
+
+
 @settings(FUZZ, max_examples=30)
 @given(data=st.data())
 async def test_mutated_sdp_offers(client: TestClient, data: st.DataObject) -> None:  # type: ignore[type-arg]
-    customer = RtcCustomer()
-    try:
-        offer = await customer.offer()
-    finally:
-        await customer.close()
-    sdp = data.draw(mutated_sdp(offer["sdp"]))
+    # One real offer for every example: hypothesis needs the same base to replay and shrink a case.
+    if not _BASE_OFFER:
+        customer = RtcCustomer()
+        try:
+            _BASE_OFFER.update(await customer.offer())
+        finally:
+            await customer.close()
+    sdp = data.draw(mutated_sdp(_BASE_OFFER["sdp"]))
     resp = await client.post("/api/offer", json={"sdp": sdp, "type": "offer"})
     await expect_clean_error(resp)
     manager = client.app[SESSIONS]
