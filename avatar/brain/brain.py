@@ -300,7 +300,9 @@ class Brain:
             return self._answer(self.kb.entries[top], p1, lang)
         candidates = [t for t, p in ranking.top(3) if p >= CANDIDATE]
         if len(candidates) >= 2:
-            titles = [f"“{self.kb.entries[t].title}”" if lang == "zh" else f'"{self.kb.entries[t].title}"' for t in candidates]
+            # Titles are often questions; their own "?" inside the list reads as a stray mark.
+            names = [self.kb.entries[t].title.rstrip("?？.。!！ ") for t in candidates]
+            titles = [f"“{n}”" if lang == "zh" else f'"{n}"' for n in names]
             options = ", ".join(titles[:-1]) + self._phrase(lang, "or") + titles[-1] if lang == "en" else "；".join(
                 f"{i + 1}. {t}" for i, t in enumerate(titles)
             )
