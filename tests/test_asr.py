@@ -119,7 +119,7 @@ def test_repeated_sentences_are_collapsed() -> None:
     looped = "How can I set up a standing order? How can I set up a standing order? how can I set up a"
     assert collapse_repeats(looped) == "How can I set up a standing order?"
     assert collapse_repeats(" What is my balance? What is my balance. ") == "What is my balance?"
-    assert collapse_repeats("好的。好的。") == "好的。"
+    assert collapse_repeats("好的。好的。") == "好的。" and collapse_repeats("好的。谢谢。") == "好的。谢谢。"
     # Sentences that only share words, and a new last sentence, stay.
     assert collapse_repeats("My card. My card is lost.") == "My card. My card is lost."
     assert collapse_repeats("Wait, stop, I have another question.") == "Wait, stop, I have another question."

