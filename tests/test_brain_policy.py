@@ -123,6 +123,15 @@ def test_handoff_when_the_customer_asks_for_a_person(brain: Brain) -> None:
         assert (reply.action, reply.reason) == ("handoff", "customer_request"), text
 
 
+def test_asking_for_a_person_suggests_answers_for_the_earlier_question(brain: Brain) -> None:
+    """The operator picking up sees answers to what the customer asked, not to "a person"."""
+    lost, handoff = converse(brain, "Help, I think I lost my card", "I want to talk to a real person")
+    assert lost.topic == "card_lost" and handoff.reason == "customer_request"
+    assert handoff.suggestions and handoff.suggestions[0].topic == "card_lost"
+    # Asked first thing, there is nothing to suggest rather than something unrelated.
+    assert converse(brain, "I want to talk to a real person")[0].suggestions == []
+
+
 def test_handoff_after_two_failed_turns_in_a_row(brain: Brain) -> None:
     context = DialogueContext()
     first = brain.reply(context, "Who won the football world cup?")

@@ -221,7 +221,13 @@ class Brain:
             )
         # An operator taking over sees the knowledge answers closest to what was asked.
         wanted = recognition.done or (draft.action == "handoff" and bool(stripped))
-        draft.suggestions = self._suggestions(recognition.get()) if wanted else []
+        if draft.reason == "customer_request":
+            # "Talk to a person" has no topic of its own: suggest for what the customer asked before.
+            earlier = [t for t in context.customer_turns() if t.strip() and t.strip() != stripped]
+            last = earlier[-1] if earlier else None
+            draft.suggestions = self._suggestions(self.model.rank(last, detect_lang(last))) if last else []
+        else:
+            draft.suggestions = self._suggestions(recognition.get()) if wanted else []
         draft.emotion, draft.redacted = emotion, redacted
         return draft
 
