@@ -4,6 +4,7 @@ per-conversation state (the dialogue context) lives here and never in a shared e
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ class BrainDriver:
 
         self.engines = engines
         self.context = DialogueContext()
+        # A reply decided ahead (``prepare``): (text, context before, context after, reply task).
+        self._prepared: tuple[str, Any, Any, asyncio.Task[Any]] | None = None
 
     def note(self, role: str, text: str) -> None:
         """A turn of this conversation that the brain did not answer or say: the customer's lines
@@ -51,13 +54,48 @@ class BrainDriver:
             session.say(HOLDING[lang], lang=lang)
         return await asyncio.shield(loading)
 
+    def prepare(self, session: Session, text: str) -> None:
+        """``text`` will probably be the customer's next line (the listener's speculative
+        transcript reads finished; the turn is not confirmed yet): decide the reply now, on a
+        copy of the context, so that ``on_customer_text`` with the same text and an unchanged
+        context only has to say it. Nothing is said or recorded here. Not with an LLM (it would
+        call the endpoint for a turn that may never come) nor before the brain is loaded."""
+        brain = self.engines.brain
+        if brain is None or getattr(brain, "rephraser", None) is not None or not text.strip():
+            return
+        if self._prepared is not None:
+            if self._prepared[0] == text:
+                return
+            self._prepared[3].cancel()
+        ahead = copy.deepcopy(self.context)
+        task = session.spawn(asyncio.to_thread(brain.reply, ahead, text), "brain-ahead")
+        self._prepared = (text, copy.deepcopy(self.context), ahead, task)
+
+    async def _prepared_reply(self, text: str) -> Any:
+        """The reply ``prepare`` decided for ``text``, adopting its context, if the conversation
+        has not moved on since; else ``None``."""
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            return None
+        said, before, after, task = prepared
+        if said != text or before != self.context:
+            task.cancel()
+            return None
+        await asyncio.wait({task})
+        if task.cancelled() or task.exception() is not None:
+            return None  # decided again, with any error reported there if it persists
+        self.context = after
+        return task.result()
+
     async def on_customer_text(self, session: Session, text: str) -> None:
         from avatar.speech.lang import detect_lang
 
         lang = detect_lang(text)
         try:
-            brain = await self._brain(session, lang)
-            reply = await brain.areply(self.context, text)
+            reply = await self._prepared_reply(text)
+            if reply is None:
+                brain = await self._brain(session, lang)
+                reply = await brain.areply(self.context, text)
         except Exception:
             log.exception("session %s: the brain could not answer", session.id)
             session.say(APOLOGY[lang], lang=lang)

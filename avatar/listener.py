@@ -23,6 +23,8 @@ the driver's answer). To answer quickly:
   speech was followed by more speech is stale; its text is still shown as the live
   (partial) transcript. Recognitions run one at a time, so a newer speculation withdraws an
   older one still queued.
+- a speculative transcript that reads finished goes to the driver's ``prepare`` (the brain
+  decides its answer on a copy of the dialogue while the turn is being confirmed).
 - the turn is taken as over ``commit_question`` after the speech when the speculative
   transcript *reads* as a finished question ("How do I activate my new card?"),
   ``commit_silence`` when it reads as another finished sentence; otherwise the endpointer's
@@ -615,7 +617,20 @@ class Listener:
             self.session.customer_partial(text)
             self.endpointer.update_partial(text)
             self._pending_partial = text
+            if rec is self._spec and not self._over_avatar and reads_finished(text):
+                self._prepare_answer(" ".join(text.split()))
         self._maybe_commit_early()
+
+    def _prepare_answer(self, text: str) -> None:
+        """Let the driver decide its answer to a speculative transcript that reads finished
+        while the turn is being confirmed (``prepare(session, text)``, for drivers that have
+        it; nothing is said before the turn is over)."""
+        prepare = getattr(self.session.driver, "prepare", None)
+        if callable(prepare):
+            try:
+                prepare(self.session, text)
+            except Exception:
+                log.exception("session %s: the driver could not prepare an answer", self.session.id)
 
     def _maybe_commit_early(self) -> None:
         """End the turn now if the latest speculation covers all the speech, its words read

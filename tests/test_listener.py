@@ -327,6 +327,69 @@ async def test_a_pause_ends_the_turn_sooner_after_a_question_than_after_a_statem
         await rig.close()
 
 
+class CountingBrain:
+    """A pure stand-in for the dialogue brain: answers every line, writes the turn into the
+    context it is given (as the real one does) and counts its calls."""
+
+    rephraser = None
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def reply(self, context: Any, text: str) -> Any:
+        from avatar.brain.brain import Reply
+
+        self.calls.append(text)
+        context.add("customer", text)
+        context.add("assistant", f"About: {text}")
+        return Reply("answer", "card_activation", 0.9, f"About: {text}", 0.0, None, [], "en")
+
+    async def areply(self, context: Any, text: str) -> Any:
+        return self.reply(context, text)
+
+
+@pytest.mark.parametrize("moved_on", [False, True])
+async def test_the_brain_decides_its_answer_while_the_turn_is_confirmed(
+    vad: VoiceActivityDetector, moved_on: bool
+) -> None:
+    """The speculative transcript reads finished: the brain decides the answer then, on a copy of
+    the dialogue, and the confirmed turn only says it. If the dialogue moved on meanwhile (an
+    operator's line noted), the answer is decided again on the real one."""
+    from types import SimpleNamespace
+
+    from avatar.drivers import BrainDriver
+
+    rig = make_rig(vad, Speculating("How do I activate my new card?"), source=LineSource())
+    brain = CountingBrain()
+    driver = BrainDriver(SimpleNamespace(brain=brain, brain_loading=None))
+    rig.session.driver = driver
+    original, prepared = driver.prepare, []
+
+    def spy(session: Session, text: str) -> None:
+        prepared.append(text)
+        original(session, text)
+        if moved_on:
+            driver.note("assistant", "An operator's line.")
+
+    driver.prepare = spy  # type: ignore[method-assign]
+    try:
+        await rig.play(np.concatenate([silence(0.3), clip("activate_card"), silence(1.5)]))
+        (turn,) = rig.turns
+        assert turn.how == "early" and turn.outcome == "answered"
+        assert prepared == ["How do I activate my new card?"]
+        # Decided once, ahead, and that answer said; decided again when the dialogue moved on.
+        assert brain.calls == ["How do I activate my new card?"] * (2 if moved_on else 1)
+        history = [(t.role, t.text) for t in driver.context.history]
+        assert history[-2:] == [
+            ("customer", "How do I activate my new card?"),
+            ("assistant", "About: How do I activate my new card?"),
+        ]
+        assert len(history) == (3 if moved_on else 2)  # one answered turn, nothing speculative extra
+        assert rig.said() == ["About: How do I activate my new card?"]
+    finally:
+        await rig.close()
+
+
 async def test_a_spoken_question_becomes_one_customer_line(
     vad: VoiceActivityDetector, whisper: SpeechRecognizer
 ) -> None:
