@@ -400,6 +400,14 @@ def section(results: list[dict[str, Any]], command: str, workers: int, component
         )
     else:
         projection = "Too few steps held to fit a cost per viewer."
+    starved = ""
+    if last_failed and results[-1]["others_cpu"] >= QUIET_OTHERS:
+        r = results[-1]
+        starved = (
+            f"\n\nThe step at {r['viewers']} viewers failed while other jobs used {r['others_cpu']:.0f} % of "
+            f"the two cores (the server got {r['server_cpu']:.0f} % of one, and its one encoder itself sent "
+            f"{r['feed_fps']:.1f} fps): what this shared machine had left at the time, not the server's limit."
+        )
     fps = 25
     per_viewer_encode = fps * components["VP8 encode 512x512"] + 50 * components["Opus encode (20 ms)"]
     component_rows = "\n".join(f"| {name} | {value:.2f} |" for name, value in components.items())
@@ -408,18 +416,18 @@ def section(results: list[dict[str, Any]], command: str, workers: int, component
 `{command}`
 
 {headline}
-{projection}
+{projection}{starved}
 
 The stage is rendered once and encoded once per codec (VP8 here); every viewer gets the same
 packets. The stage speaks throughout (a long line said again before each window). Viewers are
 aiortc peers in {workers} client processes that count the packets they receive (decrypted, not
-decoded: their browsers would decode), so the server's CPU is its own: per viewer it packetizes, encrypts (SRTP) and sends about 25 video
-and 50 audio packets a second. Frame rates are each viewer's received video frames over the
-window (RTP packets ending a frame; "feed fps": the frames the server's one encoder sent out over the same window; where
-viewers get fewer, the loss is on the way to them); a step holds when the slowest viewer gets
->= {FPS_FLOOR:.0f} fps.
-CPU is % of one core over the window (200 = both cores); "others" is everything else running on
-the machine at the time (this machine is shared): a step that fails while others use more than
+decoded: their browsers would decode), so the server's CPU is its own: per viewer it packetizes,
+encrypts (SRTP) and sends about 25 video and 50 audio packets a second. Frame rates are each
+viewer's received video frames over the window (RTP packets that end a frame); "feed fps" is what
+the server's one encoder sent out over the same window (where viewers get fewer, the loss is on
+the way to them). A step holds when the slowest viewer gets >= {FPS_FLOOR:.0f} fps. CPU is % of one
+core over the window (200 = both cores); "others" is everything else running on the machine at
+the time (this machine is shared): a step that fails while others use more than
 {QUIET_OTHERS:.0f} % is measured again, up to {RETRIES} more windows ("window 2" in the table).
 
 | viewers | video fps min / p10 / median | feed fps | audio pkts/s (median) | server CPU % | clients CPU % | others CPU % | load avg | holds |
