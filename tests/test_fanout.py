@@ -20,6 +20,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from avatar.rtc.fanout import (
     KEYFRAME_MIN_INTERVAL,
     MAX_QUEUED,
+    MAX_QUEUED_AUDIO,
     OVERLAY_GAP,
     FanoutTrack,
     Feed,
@@ -266,3 +267,25 @@ def test_negotiated_codecs() -> None:
         "a=rtpmap:97 VP8/90000\r\n"
     )
     assert negotiated_codecs(sdp) == {"audio": "opus", "video": "H264"}
+
+
+async def test_slow_audio_viewer_drops_oldest_packets_one_at_a_time() -> None:
+    feed = Feed(lambda: QueueSource(asyncio.Queue()), lambda codec: _OpusEncoder())
+    track = FanoutTrack("audio", feed)
+    track.codec = "opus"  # not subscribed: packets are handed to it directly
+    encoder = _OpusEncoder()
+    packets = [p for i in range(MAX_QUEUED_AUDIO + 12) for p in encoder.encode(_audio(i))]
+    for packet in packets:
+        track.deliver(packet)
+    kept = list(track._queue)
+    assert len(kept) == MAX_QUEUED_AUDIO and kept == packets[-MAX_QUEUED_AUDIO:]
+    assert track.resets == len(packets) - MAX_QUEUED_AUDIO
+
+
+def _audio(i: int) -> av.AudioFrame:
+    samples = (np.sin(np.arange(960) * 0.05 + i) * 8000).astype(np.int16).reshape(1, -1)
+    f = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    f.sample_rate = 48_000
+    f.pts = i * 960
+    f.time_base = Fraction(1, 48_000)
+    return f

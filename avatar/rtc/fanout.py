@@ -51,6 +51,9 @@ VARIANTS = ("main", "overlay")
 #: Encoded frames a viewer may have waiting before it is reset to the next keyframe (about 1/3 s
 #: of video): a viewer that cannot keep up skips ahead instead of drifting behind the voice.
 MAX_QUEUED = 8
+#: Audio packets (20 ms) a viewer may have waiting; beyond that the oldest is dropped, one at a
+#: time (a 20 ms gap the receiver conceals, where clearing the queue would cut 160 ms at once).
+MAX_QUEUED_AUDIO = 16
 VIDEO_BITRATE = {"main": 1_000_000, "overlay": 1_500_000}
 #: Keyframes asked for (joins, PLI/FIR) come at most this often (seconds of stage time): with
 #: hundreds of viewers on lossy networks, requests would otherwise make every frame a keyframe.
@@ -248,10 +251,14 @@ class FanoutTrack(MediaStreamTrack):
             if not packet.is_keyframe:
                 return
             self._need_keyframe = False
-        if len(self._queue) >= MAX_QUEUED:
+        if self.kind == "audio":
+            if len(self._queue) >= MAX_QUEUED_AUDIO:
+                self._queue.popleft()
+                self.resets += 1
+        elif len(self._queue) >= MAX_QUEUED:
             self._queue.clear()
             self.resets += 1
-            if self.kind == "video" and not packet.is_keyframe:
+            if not packet.is_keyframe:
                 self._need_keyframe = True
                 self.request_keyframe()
                 return
