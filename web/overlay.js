@@ -5,10 +5,11 @@
 "use strict";
 
 (function () {
-  const { params, watchStage, captionBox } = window.AvatarStage;
+  const { params, watchStage, captionBox, describeStatus } = window.AvatarStage;
   const canvas = document.getElementById("avatar");
   const video = document.getElementById("source");
   const caption = document.getElementById("caption");
+  const diag = document.getElementById("diag");
   const body = document.body;
   // Matte levels below LOW are transparent, above HIGH opaque (in 0..1 after decoding).
   const LOW = 0.03;
@@ -23,6 +24,7 @@
   if (params.get("color")) caption.style.color = cssColour(params.get("color"));
   if (params.get("bg")) caption.style.background = params.get("bg") === "none" ? "transparent" : cssColour(params.get("bg"));
   if (params.get("position") === "top") caption.classList.add("top");
+  if (params.get("debug") === "1") diag.hidden = false;
   const onCaption = captionBox(caption);
 
   // -- compositing -----------------------------------------------------------------------------
@@ -134,7 +136,14 @@
       video.play().catch(() => { video.muted = true; return video.play(); }).catch((err) => console.warn(err));
     },
     onEvent(message) { if (showCaptions) onCaption(message); },
-    onStatus(text) { body.dataset.state = text; },
+    onStatus(state, detail) {
+      // Not live (a wrong key, a stage not on air, a lost connection): nothing is drawn, so a
+      // stage that ended leaves no frozen face on air. The page keeps trying (watch.js); why it
+      // is not live goes to the console, and on screen only with ?debug=1 (never on air by default).
+      body.dataset.state = state;
+      body.dataset.attempts = String(detail.attempt || 0);
+      diag.textContent = `overlay: ${describeStatus(state, detail)} (attempt ${detail.attempt || 0})`;
+    },
   });
   loop();
 })();

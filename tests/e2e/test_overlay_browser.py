@@ -144,3 +144,68 @@ def test_overlay_true_alpha_over_a_scene(
     finally:
         page.close()
         api(server, "DELETE", f"/api/stages/{stage['stage_id']}")
+
+
+def test_overlay_keeps_trying_connects_when_the_stage_answers_and_notices_its_end(
+    server: ServerProcess, browser: Any
+) -> None:
+    """An OBS source must heal itself: a wrong key or a stage that is not live yet is retried
+    (with backoff) and said in a corner with ``?debug=1``; a page whose offers first fail (a
+    network blip, then a stage not live yet) connects once they pass; a stage that ends mid-
+    broadcast takes the avatar off the page, which goes back to trying."""
+    stage = api(server, "POST", "/api/stages", {"avatar": "anna", "driver": "script"})
+    sid = stage["stage_id"]
+    offer_path = f"/api/stages/{sid}/offer"
+    page = browser.new_page(viewport={"width": SIZE, "height": SIZE})
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    offers: list[str] = []
+    avatar_visibility = "() => getComputedStyle(document.getElementById('avatar')).visibility"
+    page.on("request", lambda r: offers.append(r.url) if r.method == "POST" and offer_path in r.url else None)
+    try:
+        # A wrong key: refused (401) again and again, never live, the reason shown with debug=1.
+        page.goto(f"{server.url}/overlay.html?stage={sid}&key=wrong&muted=1&debug=1")
+        # (an attempt is counted when it starts, so the 4th has begun once 3 offers were answered)
+        page.wait_for_function("() => Number(document.body.dataset.attempts) >= 4", timeout=60_000)
+        assert len(offers) >= 3
+        assert page.evaluate("() => document.body.dataset.state") != "live"
+        diag = page.evaluate("() => [document.getElementById('diag').hidden, document.body.innerText]")
+        assert diag[0] is False and "view key" in diag[1], diag
+        assert page.evaluate(avatar_visibility) == "hidden"
+
+        # The right key, but the first offer is lost (a network blip) and the second refused
+        # (the stage not live yet): the page keeps trying and goes live on the third.
+        refusals = ["blip", "not live"]
+
+        def offer_route(route: Any) -> None:
+            if not refusals:
+                route.continue_()
+            elif refusals.pop(0) == "blip":
+                route.abort("connectionrefused")
+            else:
+                body = {"error": "a valid view key (?key=) or API token is required to watch this stage"}
+                route.fulfill(status=401, content_type="application/json", body=json.dumps(body))
+
+        page.route(f"**{offer_path}*", offer_route)
+        offers.clear()
+        page.goto(f"{server.url}{stage['overlay_url']}&muted=1")
+        page.wait_for_function(
+            "() => document.body.dataset.state === 'live' && Number(document.body.dataset.frames) > 5",
+            timeout=60_000,
+        )
+        assert len(offers) == 3 and not refusals
+        # Without debug=1 nothing is said on air.
+        assert page.evaluate("() => document.getElementById('diag').hidden") is True
+        assert page.evaluate(avatar_visibility) == "visible"
+
+        # The stage ends mid-broadcast: the avatar leaves the page and the page tries again.
+        api(server, "DELETE", f"/api/stages/{sid}")
+        page.wait_for_function(
+            "() => document.body.dataset.state !== 'live' && Number(document.body.dataset.attempts) >= 5",
+            timeout=60_000,
+        )
+        assert page.evaluate(avatar_visibility) == "hidden"
+        assert len(offers) >= 4
+        assert not errors, errors
+    finally:
+        page.close()
