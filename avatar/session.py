@@ -325,7 +325,9 @@ class Session:
 
 
 class TTSSpeechSource:
-    """Adapts the TTS registry to the speaker: picks the avatar's voice for the text's language."""
+    """Adapts the TTS registry to the speaker: each sentence, or each clause in the other
+    script, is spoken by the avatar's voice for its language (``split_by_lang``); ``lang``
+    (the caller's) or else ``default_lang`` only decides parts with neither script (digits)."""
 
     def __init__(self, registry: Any, avatar: str, default_lang: str) -> None:
         self.registry = registry
@@ -333,10 +335,14 @@ class TTSSpeechSource:
         self.default_lang = default_lang
 
     async def stream(self, text: str, lang: str | None) -> AsyncIterator[SpeechChunk]:
-        from avatar.speech.lang import detect_lang
         from avatar.speech.tts.stream import speak_stream
 
-        lang = lang or detect_lang(text) or self.default_lang
-        voice = self.registry.voice_for(self.avatar, lang)
-        async for chunk in speak_stream(self.registry, text, voice):
-            yield chunk
+        fallback = lang or self.default_lang
+        voice = self.registry.voice_for(self.avatar, "zh" if fallback == "zh" else "en")
+
+        def voice_for(part_lang: str) -> Any:
+            return self.registry.voice_for(self.avatar, part_lang)
+
+        async with contextlib.aclosing(speak_stream(self.registry, text, voice, voice_for=voice_for)) as chunks:
+            async for chunk in chunks:
+                yield chunk

@@ -342,16 +342,17 @@ def _speech_end(phonemes: list[Phoneme], start: float, limit: float) -> float:
 def split_span(tokens: list[Token], start: float, end: float) -> list[Word]:
     """Words for ``tokens`` read together over ``[start, end]``, timed in proportion to length.
 
-    Adjacent Chinese characters join into one word; other tokens stay separate words.
+    Chinese characters next to each other in the text join into one word; punctuation or a
+    space between two ("您好，我是") keeps them apart; other tokens stay separate words.
     """
     merged: list[str] = []
-    previous_han = False
+    previous: Token | None = None
     for token in tokens:
-        if token.han and previous_han:
+        if token.han and previous is not None and previous.han and previous.end == token.start:
             merged[-1] += token.text
         else:
             merged.append(token.text)
-        previous_han = token.han
+        previous = token
     if not merged:
         return []
     total = sum(len(text) for text in merged)
