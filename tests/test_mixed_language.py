@@ -3,10 +3,13 @@ the real engines (piper for English, espeak cmn for Mandarin), one chunk (captio
 
 from __future__ import annotations
 
+import itertools
 from contextlib import aclosing
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from avatar.config import Settings, VoiceChoice
 from avatar.session import TTSSpeechSource
@@ -88,6 +91,19 @@ def test_text_with_neither_script_takes_the_default() -> None:
     assert split_by_lang("  ") == []
     assert clause_lang("1,000") is None
     assert clause_lang("您的 Visa 卡") == "zh" and clause_lang("My name is 玛丽亚") == "en"  # a tie is English
+
+
+MIXED_TEXT = st.lists(st.sampled_from([*"ab Z9您好卡，。,.!?;:、 \n“”'", "Visa", "银行"]), max_size=30).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(MIXED_TEXT, st.sampled_from(["en", "zh"]))
+def test_split_by_lang_keeps_every_character_once(text: str, default: str) -> None:
+    parts = split_by_lang(text, "zh" if default == "zh" else "en")
+    assert "".join("".join(p.text.split()) for p in parts) == "".join(text.split())
+    assert all(p.text and p.text == p.text.strip() and text[p.start : p.end] == p.text for p in parts)
+    assert all(a.end <= b.start and a.lang != b.lang for a, b in itertools.pairwise(parts))
+    assert all(clause_lang(p.text) is not None for p in parts) or len(parts) == 1  # digits never alone
 
 
 # --- Chinese caption words never straddle punctuation -----------------------------------------

@@ -49,6 +49,11 @@ def test_english_sentences(text: str, expected: list[str]) -> None:
         ("“您好。”他说。", ["“您好。”", "他说。"]),
         ("您的余额是1,000.00元。Thank you.", ["您的余额是1,000.00元。", "Thank you."]),
         ("Your balance is fine.谢谢！", ["Your balance is fine.", "谢谢！"]),
+        # Lines that switch language between sentences: each sentence gets its own voice.
+        ("Hello… 您好，我是玛丽亚。", ["Hello…", "您好，我是玛丽亚。"]),
+        ("Hello, I'm Maria.您好，我是玛丽亚。", ["Hello, I'm Maria.", "您好，我是玛丽亚。"]),
+        ("我是Maria. How can I help?", ["我是Maria.", "How can I help?"]),
+        ("您的 Visa 卡已冻结。请打开 app 查看。", ["您的 Visa 卡已冻结。", "请打开 app 查看。"]),
     ],
 )
 def test_chinese_and_mixed_sentences(text: str, expected: list[str]) -> None:
