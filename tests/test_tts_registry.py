@@ -261,6 +261,29 @@ async def test_a_sentence_nobody_can_speak_raises_after_the_ones_before_it() -> 
     assert received == ["Welcome to the bank.", "Your balance is $1,000.00."]
 
 
+async def test_without_voice_for_one_voice_speaks_a_mixed_line() -> None:
+    registry = RecordingRegistry()
+    text = "Hello, I'm Maria. 您好，我是玛丽亚。"
+    async with aclosing(speak_stream(registry, text, ESPEAK_EN, first_max_units=0)) as stream:
+        chunks = [chunk async for chunk in stream]
+    assert registry.started == ["Hello, I'm Maria.", "您好，我是玛丽亚。"]
+    assert [(c.engine, c.lang) for c in chunks] == [("espeak", "en"), ("espeak", "en")]
+
+
+async def test_a_part_nobody_can_speak_raises_after_the_sentences_before_it() -> None:
+    registry = RecordingRegistry(fail="I'm Maria，")
+    voices = {"en": ESPEAK_EN, "zh": Voice("espeak", "cmn", "zh")}
+    text = "Welcome. 您好，I'm Maria，请问有什么可以帮您？"
+    received: list[str] = []
+    with pytest.raises(TTSError):
+        stream = speak_stream(registry, text, ESPEAK_EN, voice_for=voices.__getitem__, first_max_units=0)
+        async with aclosing(stream):
+            async for chunk in stream:
+                received.append(chunk.text)
+    assert received == ["Welcome."]
+    assert registry.started == ["Welcome.", "您好，", "I'm Maria，"]  # nothing after the failed part
+
+
 async def test_empty_text_yields_nothing() -> None:
     async with aclosing(speak_stream(RecordingRegistry(), " \n ", ESPEAK_EN)) as stream:
         assert [chunk async for chunk in stream] == []
@@ -347,7 +370,7 @@ async def test_synthesis_runs_on_the_tts_pool(offline_registry: TTSRegistry) -> 
 
         def spy(sentence: str, v: Voice, blocking: Any = blocking) -> SpeechChunk:
             threads.append(threading.current_thread().name)
-            return blocking(sentence, v)  # type: ignore[no-any-return]
+            return blocking(sentence, v)
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(engine, "synthesize_blocking", spy)
