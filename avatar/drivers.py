@@ -32,6 +32,9 @@ class BrainDriver:
         self.context = DialogueContext()
         # A reply decided ahead (``prepare``): (text, context before, context after, reply task).
         self._prepared: tuple[str, Any, Any, asyncio.Task[Any]] | None = None
+        # The reply task whose answer may still be warmed (``warm_answer``), and that warm-up.
+        self._warm_for: asyncio.Task[Any] | None = None
+        self._warming: asyncio.Task[None] | None = None
 
     def note(self, role: str, text: str) -> None:
         """A turn of this conversation that the brain did not answer or say: the customer's lines
@@ -58,8 +61,10 @@ class BrainDriver:
         """``text`` will probably be the customer's next line (the listener's speculative
         transcript reads finished; the turn is not confirmed yet): decide the reply now, on a
         copy of the context, so that ``on_customer_text`` with the same text and an unchanged
-        context only has to say it. Nothing is said or recorded here. Not with an LLM (it would
-        call the endpoint for a turn that may never come) nor before the brain is loaded."""
+        context only has to say it. Once decided, the first piece of the answer is synthesised
+        into the TTS cache (``warm_answer``), so that saying it starts without waiting for the
+        synthesis. Nothing is said or recorded here. Not with an LLM (it would call the endpoint
+        for a turn that may never come) nor before the brain is loaded."""
         brain = self.engines.brain
         if brain is None or getattr(brain, "rephraser", None) is not None or not text.strip():
             return
@@ -67,9 +72,29 @@ class BrainDriver:
             if self._prepared[0] == text:
                 return
             self._prepared[3].cancel()
+            self._stop_warming()
         ahead = copy.deepcopy(self.context)
         task = session.spawn(asyncio.to_thread(brain.reply, ahead, text), "brain-ahead")
         self._prepared = (text, copy.deepcopy(self.context), ahead, task)
+        self._warm_for = task
+
+        def warm(done: asyncio.Task[Any]) -> None:
+            if done is not self._warm_for or done.cancelled() or done.exception() is not None:
+                return  # withdrawn, or no answer to say
+            self._warm_for = None
+            reply = done.result()
+            if reply.text:
+                self._warming = warm_answer(session, reply.text, reply.lang)
+
+        task.add_done_callback(warm)
+
+    def _stop_warming(self) -> None:
+        """The prepared answer will not be said: stop warming it (at most its first piece was
+        synthesised)."""
+        self._warm_for = None
+        if self._warming is not None:
+            self._warming.cancel()
+            self._warming = None
 
     async def _prepared_reply(self, text: str) -> Any:
         """The reply ``prepare`` decided for ``text``, adopting its context, if the conversation
@@ -80,6 +105,7 @@ class BrainDriver:
         said, before, after, task = prepared
         if said != text or before != self.context:
             task.cancel()
+            self._stop_warming()
             return None
         await asyncio.wait({task})
         if task.cancelled() or task.exception() is not None:
@@ -109,6 +135,34 @@ class BrainDriver:
             session.say(reply.text, lang=reply.lang)
         if reply.action == "handoff":
             session.request_handoff(reply.reason or "the brain asked for a human")
+
+
+def warm_answer(session: Session, text: str, lang: str | None) -> asyncio.Task[None] | None:
+    """Start synthesising the first piece of ``text`` into the TTS cache, with the voice and the
+    first-piece cut ``session.say(text, lang=lang)`` will use (``TTSSpeechSource.stream``), so
+    that saying it finds the piece cached or joins its synthesis. Nothing is said. Returns the
+    session-owned task (cancel it to give up), or ``None`` when the session does not speak
+    through the TTS registry. The synthesis runs on the registry's TTS pool."""
+    from avatar.session import TTSSpeechSource
+    from avatar.speech.tts.stream import warm_first_piece
+
+    source = session.speaker.source
+    if not isinstance(source, TTSSpeechSource) or not text.strip():
+        return None
+    registry, avatar = source.registry, source.avatar
+    fallback = lang or source.default_lang
+    voice = registry.voice_for(avatar, "zh" if fallback == "zh" else "en")
+
+    def voice_for(part_lang: str) -> Any:
+        return registry.voice_for(avatar, part_lang)
+
+    async def warm() -> None:
+        try:
+            await warm_first_piece(registry, text, voice, voice_for=voice_for)
+        except Exception as exc:  # the real call will fall back or report it
+            log.warning("session %s: could not warm the answer's first piece: %s", session.id, exc)
+
+    return session.spawn(warm(), "tts-warm")
 
 
 HOLDING = {"en": "One moment, please.", "zh": "请稍等。"}

@@ -24,7 +24,10 @@ the driver's answer). To answer quickly:
   (partial) transcript. Recognitions run one at a time, so a newer speculation withdraws an
   older one still queued.
 - a speculative transcript that reads finished goes to the driver's ``prepare`` (the brain
-  decides its answer on a copy of the dialogue while the turn is being confirmed).
+  decides its answer on a copy of the dialogue while the turn is being confirmed), and the
+  first TTS piece of the planned answer (the brain's reply; the echo's: the words) is
+  synthesised into the TTS cache meanwhile (``avatar.drivers.warm_answer``), so the answer's
+  first audio does not wait for it. Nothing is said before the turn is over.
 - the turn is taken as over ``commit_question`` after the speech when the speculative
   transcript *reads* as a finished question ("How do I activate my new card?"),
   ``commit_silence`` when it reads as another finished sentence; otherwise the endpointer's
@@ -365,6 +368,7 @@ class Listener:
         self._last_voice = -math.inf  # end of the latest window above the speech threshold
         self._spec: _Recognition | None = None
         self._partial: _Recognition | None = None
+        self._warming: tuple[str, asyncio.Task[None]] | None = None  # the echo's answer being warmed
         self._reply_lock = asyncio.Lock()  # answers go to the driver one turn at a time
         self._pending_turns = 0  # turns ended and not yet recognised and handed to the driver
         # Silence timers.
@@ -624,13 +628,27 @@ class Listener:
     def _prepare_answer(self, text: str) -> None:
         """Let the driver decide its answer to a speculative transcript that reads finished
         while the turn is being confirmed (``prepare(session, text)``, for drivers that have
-        it; nothing is said before the turn is over)."""
-        prepare = getattr(self.session.driver, "prepare", None)
+        it; the brain also warms its answer's first piece). The echo's answer is the
+        transcript itself: its first piece is synthesised into the TTS cache now
+        (``warm_answer``); a newer speculation withdraws an older one's warm-up, so an
+        abandoned speculation costs at most one piece. Nothing is said before the turn is over."""
+        from avatar.drivers import warm_answer
+        from avatar.session import EchoDriver
+
+        driver = self.session.driver
+        prepare = getattr(driver, "prepare", None)
         if callable(prepare):
             try:
                 prepare(self.session, text)
             except Exception:
                 log.exception("session %s: the driver could not prepare an answer", self.session.id)
+        elif isinstance(driver, EchoDriver):
+            if self._warming is not None:
+                if self._warming[0] == text:
+                    return
+                self._warming[1].cancel()  # a no-op once it has finished
+            task = warm_answer(self.session, text, None)
+            self._warming = (text, task) if task is not None else None
 
     def _maybe_commit_early(self) -> None:
         """End the turn now if the latest speculation covers all the speech, its words read

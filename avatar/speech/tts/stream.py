@@ -98,6 +98,23 @@ async def speak_stream(
         await asyncio.wait({producer})
 
 
+async def warm_first_piece(
+    tts: TTSRegistry,
+    text: str,
+    voice: Voice,
+    *,
+    voice_for: Callable[[str], Voice] | None = None,
+    first_max_units: int = DEFAULT_FIRST_MAX_UNITS,
+) -> None:
+    """Synthesise into ``tts``'s cache the first piece ``speak_stream`` would speak for the same
+    arguments, and nothing else: a later ``speak_stream`` of ``text`` finds that piece cached,
+    or joins its synthesis still in flight. Nothing is played. Cancelling this call stops the
+    synthesis unless another caller awaits the same piece (``TTSRegistry.synthesize``)."""
+    sentences = split_sentences(text, first_max_units=first_max_units)
+    if sentences:
+        await _speak_sentence(tts, sentences[0], voice, voice_for)
+
+
 async def _speak_sentence(
     tts: TTSRegistry, sentence: str, voice: Voice, voice_for: Callable[[str], Voice] | None
 ) -> SpeechChunk:
