@@ -14,6 +14,11 @@ over WebRTC, as a browser sends them), in real time, with silence between them.
   server, resampling, VAD windows), end of turn (silence waited for, including recognition
   when the turn is taken on its words), the driver until it says its answer, the first
   TTS sentence (synthesis and lip-sync), and play-out (schedule lead, send, network).
+  The first TTS piece of the answer is synthesised *during* the end-of-turn wait, as soon
+  as the speculative transcript reads finished (``avatar.drivers.warm_answer``): the answer
+  really is synthesised then, by the server, for the turn being timed; that is the point of
+  it, not a shortcut. The questions' own sentences are cleared from the TTS cache first, so
+  every cache hit counted is a piece warmed during its own turn.
 * **Barge-in**, over ``--barge-ins`` trials: a long question is said back (echo driver), and
   1.5 s into the reply the customer says "Wait, stop, I have another question."; from the
   speech onset leaving the microphone to the first packet from which the received audio
@@ -423,7 +428,9 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
         f"{cfg.commit_question if cfg else '?'} s of silence when the words read as a finished question, "
         f"{cfg.commit_silence if cfg else '?'} s as another finished sentence, else "
         f"{cfg.endpoint.end_of_turn if cfg else '?'} s. Times in ms; packets timed on arrival at the customer; "
-        f"TTS cache hits during the timed turns: {extra.get('tts_cache_hits', '?')}."
+        f"TTS cache hits during the timed turns: {extra.get('tts_cache_hits', '?')} (the answer's first piece, "
+        "synthesised by the server during that turn's end-of-turn wait: see below; the customer's clips were "
+        "cleared from the cache first)."
     )
     totals = [t.total for t in turns]
     lines += ["", "| end of speech to first avatar audio | median | p95 |", "|---|---|---|"]
@@ -479,7 +486,11 @@ NOTES = (
     "statement wait when the speculative transcript (started at the first silent 32 ms window) reads "
     "finished, or the recognition time if that is longer, else `end_of_turn`; *recognition left* is "
     "what recognition still needed once the turn was over; *first TTS sentence* is the driver's line "
-    "until its first piece is on the stage. On these shared 2-core machines Whisper's time per "
+    "until its first piece is on the stage: that piece is synthesised while the turn is being confirmed "
+    "(when the speculative transcript reads finished, the first piece of the planned answer, the echo's "
+    "words or the brain's prepared reply, goes into the TTS cache; nothing is said before the turn is over), "
+    "so the line finds it cached or joins its synthesis still in flight. The synthesis is not skipped, it "
+    "overlaps the end-of-turn wait; a speculation the customer talks past costs at most that one piece. On these shared 2-core machines Whisper's time per "
     "utterance grows with the load average (see the asr section for its cost on a quieter machine)."
 )
 
