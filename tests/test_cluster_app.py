@@ -250,6 +250,9 @@ async def test_a_redis_restart_loses_no_call(pair: tuple[Client, Client], redis_
         await customer.wait_for_event(lambda e: e["type"] == "caption" and e["text"] == "Still here.")
         resp = await b.post(f"/api/sessions/{sid}/takeover", headers=alice)
         assert resp.status == 503 and "error" in await resp.json()
+        # Nor its transcript: not stored on B, and the registry cannot say where it is (not a 404).
+        resp = await b.get(f"/api/sessions/{sid}/transcript", headers=alice)
+        assert resp.status == 503 and "registry" in (await resp.json())["error"]
 
         redis_server.start()  # back, empty
         cluster_b: Any = b.app[CLUSTER]

@@ -65,6 +65,8 @@ _LOGOUT = "/api/operator/logout"
 _LOGIN = "/api/operator/login"
 #: Comments are queued in Redis by whichever process receives them (avatar.cluster.comments).
 _COMMENTS = re.compile(r"^/api/stages/[^/]+/comments$")
+#: Request key: the owner of the request's session could not be looked up (Redis away).
+_REGISTRY_DOWN = "avatar.cluster.registry_down"
 LIST_TIMEOUT = 5.0  # seconds a cluster-wide list waits for each other process
 
 
@@ -432,7 +434,14 @@ async def cluster_middleware(request: web.Request, handler: Handler) -> web.Stre
     if request.path == _LOGIN and request.method == "POST" and limiter is not None and not forwarded:
         response = await _limited_login(request, handler, limiter)
     else:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPNotFound:
+            if not request.get(_REGISTRY_DOWN):
+                raise
+            # Not here, and the registry that would say where it is cannot be asked: the session
+            # may well be live on another process, so "no such session" would be a lie.
+            return _json_error(503, "the shared session registry is unreachable; try again shortly")
     if tokens is not None and tokens.writes != writes:
         # A sign-in or sign-out is in Redis before it is answered, so the client may use (or
         # stop using) the token on any process at once. Bounded: Redis may be away.
@@ -476,6 +485,7 @@ async def _route_elsewhere(request: web.Request, cluster: Cluster) -> web.Stream
     except ClusterUnavailable as exc:
         log.warning("cannot look up the owner of session %s: %s", session_id, exc)
         if transcript:
+            request[_REGISTRY_DOWN] = True  # answered here if stored here; else 503, not "no session"
             return None  # the stored transcript may still be here
         return _json_error(503, "the shared session registry is unreachable; try again shortly")
     if owner is None or owner.id == cluster.node.id:
