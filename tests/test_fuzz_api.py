@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from avatar.server.app import SESSIONS
+from tests.conftest import API_TOKEN
 from tests.fuzz_strategies import json_values, mutated_sdp, object_with
 from tests.rtc_client import RtcCustomer
 from tests.test_operator_api import sign_in
@@ -107,6 +108,16 @@ async def test_mutated_sdp_offers(client: TestClient, data: st.DataObject) -> No
     sdp = data.draw(mutated_sdp(_BASE_OFFER["sdp"]))
     resp = await client.post("/api/offer", json={"sdp": sdp, "type": "offer"})
     await expect_clean_error(resp)
+    # The same offer from a viewer of a broadcast stage (its own answering path, same rules).
+    api = {"Authorization": f"Bearer {API_TOKEN}"}
+    created = await client.post("/api/stages", json={}, headers=api)
+    assert created.status == 201, await created.text()
+    stage = await created.json()
+    resp = await client.post(
+        f"/api/stages/{stage['stage_id']}/offer", json={"sdp": sdp, "type": "offer", "key": stage["view_key"]}
+    )
+    await expect_clean_error(resp)
+    assert (await client.delete(f"/api/stages/{stage['stage_id']}", headers=api)).status == 200
     manager = client.app[SESSIONS]
     await manager.close_all()
     assert not manager.sessions and manager._pending == 0  # nothing half-made is left counting

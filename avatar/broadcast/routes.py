@@ -113,7 +113,7 @@ def _has_manager_token(request: web.Request) -> bool:
 async def viewer_offer(request: web.Request) -> web.Response:
     """A receive-only viewer: ``{"sdp", "type": "offer", "variant"?: "main"|"overlay", "key"?}``;
     the stage's view key (here or as ``?key=``) or the API token (or an operator's) is required."""
-    from avatar.server.routes import field, read_json_object
+    from avatar.server.routes import field, offer_fields, read_json_object
 
     body = await read_json_object(request)
     stage = request.app[STAGES].get(request.match_info["stage_id"])
@@ -129,12 +129,7 @@ async def viewer_offer(request: web.Request) -> web.Response:
         )
     if stage is None:
         raise web.HTTPNotFound(text=f"no live broadcast stage {request.match_info['stage_id']!r}")
-    sdp = field(body, "sdp", str)
-    sdp_type = field(body, "type", str)
-    if sdp_type != "offer":
-        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
-    if not sdp.startswith("v=0"):
-        raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
+    sdp, sdp_type = offer_fields(body)
     variant = field(body, "variant", str, required=False) or "main"
     if variant not in VARIANTS:
         raise web.HTTPBadRequest(text=f"'variant' must be one of {', '.join(VARIANTS)}")

@@ -28,7 +28,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
 from avatar.operator.takeover import TakeoverDesk, UnknownSession
-from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.peer import UnusableOffer, answer_offer, drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 MAX_WATCHES_PER_OPERATOR = 8
 
 
-class BadMediaOffer(ValueError):
+class BadMediaOffer(UnusableOffer):
     """The operator's SDP offer could not be used (HTTP 400)."""
 
 
@@ -171,18 +171,7 @@ class OperatorMedia:
                 await self.close(peer)
 
         try:
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-            except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
-                raise BadMediaOffer(f"invalid SDP offer: {exc}") from exc
-            matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
-            if not need <= matched:
-                raise BadMediaOffer(f"the offer must receive {' and '.join(sorted(need))}")
-            try:
-                answer = await pc.createAnswer()
-                await pc.setLocalDescription(answer)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                raise BadMediaOffer(f"cannot answer this SDP offer: {exc}") from exc
+            await answer_offer(pc, sdp, sdp_type, frozenset(need), error=BadMediaOffer)
         except BaseException:
             await self.close(peer)
             raise

@@ -40,7 +40,7 @@ from aiortc.sdp import SessionDescription
 
 from avatar.clock import AUDIO_RATE, AUDIO_TIME_BASE, VIDEO_TIME_BASE
 from avatar.config import IceServer
-from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.peer import UnusableOffer, answer_offer, drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.stage import Stage
 
@@ -417,7 +417,7 @@ class ViewerLimit(Exception):
     """The stage has its maximum number of viewers."""
 
 
-class BadViewerOffer(ValueError):
+class BadViewerOffer(UnusableOffer):
     """The viewer's SDP offer could not be used."""
 
 
@@ -484,14 +484,7 @@ class StageFanout:
             pc.addTrack(audio)
             pc.addTrack(video)
             prefer_video_codec(pc, self.video_codec)
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-            except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
-                raise BadViewerOffer(f"invalid SDP offer: {exc}") from exc
-            matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
-            if "video" not in matched or "audio" not in matched:
-                raise BadViewerOffer("the offer must receive audio and video")
-            await pc.setLocalDescription(await pc.createAnswer())
+            await answer_offer(pc, sdp, sdp_type, error=BadViewerOffer)
             codecs = negotiated_codecs(pc.localDescription.sdp)
             if codecs.get("video") not in ("VP8", "H264") or codecs.get("audio") != "opus":
                 raise BadViewerOffer("the offer must accept VP8 or H264 video and Opus audio")

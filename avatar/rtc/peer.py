@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -33,6 +33,35 @@ def prefer_video_codec(pc: RTCPeerConnection, codec: str) -> None:
     for transceiver in pc.getTransceivers():
         if transceiver.kind == "video":
             transceiver.setCodecPreferences(preferred + others)
+
+
+class UnusableOffer(ValueError):
+    """A browser's SDP offer that cannot be applied or answered; the message says why (HTTP 400)."""
+
+
+async def answer_offer(
+    pc: RTCPeerConnection,
+    sdp: str,
+    sdp_type: str,
+    need: frozenset[str] = frozenset({"audio", "video"}),
+    error: type[UnusableOffer] = UnusableOffer,
+) -> None:
+    """Apply the remote offer to ``pc`` and set its answer as the local description. The offer
+    must receive every kind in ``need``. Anything wrong with it raises ``error`` (the caller's
+    subclass), never aiortc's own exceptions. The tracks and codec preferences must already be
+    on ``pc``: aiortc fixes an answer's codecs while it applies the offer."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
+    except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
+        raise error(f"invalid SDP offer: {exc}") from exc
+    matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
+    if not need <= matched:
+        raise error(f"the offer must receive {' and '.join(sorted(need))}")
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        # An offer aiortc parsed but cannot answer (e.g. a media section with no direction).
+        raise error(f"cannot answer this SDP offer: {exc}") from exc
 
 
 async def drain(track: MediaStreamTrack) -> None:

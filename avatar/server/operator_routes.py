@@ -249,42 +249,37 @@ async def say_many(request: web.Request) -> web.Response:
 
 # -- live media: watching a session, driving it by voice or camera --------------------------------
 async def _offer(request: web.Request) -> tuple[str, str]:
-    body = await _json(request)
-    sdp, sdp_type = body.get("sdp"), body.get("type")
-    if not isinstance(sdp, str) or not sdp.startswith("v=0"):
-        raise web.HTTPBadRequest(text="'sdp' must be an SDP offer (a string starting with v=0)")
-    if sdp_type != "offer":
-        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
-    return sdp, sdp_type
+    from avatar.server.routes import offer_fields
+
+    return offer_fields(await _json(request))
+
+
+async def _media_answer(request: web.Request, kind: str) -> web.Response:
+    """Answer the signed-in operator's offer to ``kind`` ("watch" or "drive") the session."""
+    name = operator_of(request)
+    sdp, sdp_type = await _offer(request)
+    media = request.app[OPERATOR_MEDIA]
+    connect = media.watch if kind == "watch" else media.drive
+    try:
+        answer = await connect(request.match_info["session_id"], name, sdp, sdp_type)
+    except TakeoverError as exc:
+        raise _conflict(exc) from exc
+    except BadMediaOffer as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from exc
+    return web.json_response({"sdp": answer.sdp, "type": answer.type})
 
 
 @routes.post("/api/operator/sessions/{session_id}/watch")
 async def watch(request: web.Request) -> web.Response:
     """A receive-only WebRTC view of a session for any signed-in operator: the avatar's video and
     voice as the customer gets them, and the customer's microphone."""
-    name = operator_of(request)
-    sdp, sdp_type = await _offer(request)
-    try:
-        answer = await request.app[OPERATOR_MEDIA].watch(request.match_info["session_id"], name, sdp, sdp_type)
-    except TakeoverError as exc:
-        raise _conflict(exc) from exc
-    except BadMediaOffer as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from exc
-    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+    return await _media_answer(request, "watch")
 
 
 @routes.post("/api/operator/sessions/{session_id}/drive")
 async def drive(request: web.Request) -> web.Response:
     """The holder's microphone (voice mode) and/or webcam (camera mode) drive the avatar."""
-    name = operator_of(request)
-    sdp, sdp_type = await _offer(request)
-    try:
-        answer = await request.app[OPERATOR_MEDIA].drive(request.match_info["session_id"], name, sdp, sdp_type)
-    except TakeoverError as exc:
-        raise _conflict(exc) from exc
-    except BadMediaOffer as exc:
-        raise web.HTTPBadRequest(text=str(exc)) from exc
-    return web.json_response({"sdp": answer.sdp, "type": answer.type})
+    return await _media_answer(request, "drive")
 
 
 @routes.delete("/api/operator/sessions/{session_id}/{kind:watch|drive}")

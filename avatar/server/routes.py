@@ -44,6 +44,17 @@ def field(body: dict[str, Any], name: str, kind: type, required: bool = True) ->
     return value
 
 
+def offer_fields(body: dict[str, Any]) -> tuple[str, str]:
+    """``sdp`` and ``type`` of a WebRTC offer body (every route that answers an offer), or a 400."""
+    sdp = field(body, "sdp", str)
+    sdp_type = field(body, "type", str)
+    if sdp_type != "offer":
+        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
+    if not sdp.startswith("v=0"):
+        raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
+    return sdp, sdp_type
+
+
 def session_or_404(request: web.Request) -> Session:
     session_id = request.match_info["session_id"]
     session = request.app[SESSIONS].get(session_id)
@@ -89,12 +100,7 @@ async def page_config(request: web.Request) -> web.Response:
 @routes.post("/api/offer")
 async def offer(request: web.Request) -> web.Response:
     body = await read_json_object(request)
-    sdp = field(body, "sdp", str)
-    sdp_type = field(body, "type", str)
-    if sdp_type != "offer":
-        raise web.HTTPBadRequest(text="'type' must be \"offer\"")
-    if not sdp.startswith("v=0"):
-        raise web.HTTPBadRequest(text="'sdp' is not an SDP offer (it must start with v=0)")
+    sdp, sdp_type = offer_fields(body)
     settings = request.app[SETTINGS]
     avatar = field(body, "avatar", str, required=False) or settings.default_avatar
     mode = field(body, "mode", str, required=False) or "call"

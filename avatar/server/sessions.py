@@ -18,7 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from avatar.clock import MediaClock
 from avatar.config import Settings
 from avatar.drivers import make_driver
-from avatar.rtc.peer import drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.peer import UnusableOffer, answer_offer, drain, make_peer_connection, prefer_video_codec
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
 from avatar.server.memory import MemoryTrimmer
@@ -34,7 +34,7 @@ class ServerFull(Exception):
     """No room for another session (``max_sessions``)."""
 
 
-class BadOffer(ValueError):
+class BadOffer(UnusableOffer):
     """The SDP offer could not be used."""
 
 
@@ -146,19 +146,7 @@ class SessionManager:
             pc.addTrack(audio)
             pc.addTrack(video)
             prefer_video_codec(pc, self.settings.video_codec)
-            try:
-                await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=sdp_type))
-            except Exception as exc:  # aiortc raises ValueError and friends for bad SDP
-                raise BadOffer(f"invalid SDP offer: {exc}") from exc
-            matched = {t.kind for t in pc.getTransceivers() if t.mid is not None}
-            if "video" not in matched or "audio" not in matched:
-                raise BadOffer("the offer must receive audio and video")
-            try:
-                answer = await pc.createAnswer()
-                await pc.setLocalDescription(answer)
-            except (ValueError, KeyError, TypeError, IndexError) as exc:
-                # An offer aiortc parsed but cannot answer (e.g. a media section with no direction).
-                raise BadOffer(f"cannot answer this SDP offer: {exc}") from exc
+            await answer_offer(pc, sdp, sdp_type, error=BadOffer)
         except BaseException:
             if pc is not None:
                 await pc.close()
