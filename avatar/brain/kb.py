@@ -335,32 +335,36 @@ def _load_yaml(loader: _Loader, file: Path, text: str) -> None:
     products = _seq(loader, file, top.get("products", (None, None))[1], "products", f"{file}:1")
     for p_index, p_node in enumerate(products):
         p_path = f"products[{p_index}]"
-        product = _mapping(loader, file, p_node, p_path, frozenset({"id", "name", "scenarios"}))
+        product = _level(loader, file, p_node, p_path, "scenarios")
         if product is None:
             continue
-        p_id = _ident(loader, file, product["id"][1], f"{p_path}.id") if "id" in product else None
-        if "id" not in product:
-            loader.error(_where(file, p_node), f"{p_path}.id", "missing")
-        p_name = _text(loader, file, product["name"][1], f"{p_path}.name") if "name" in product else p_id
-        scenarios = _seq(
-            loader, file, product.get("scenarios", (None, None))[1], f"{p_path}.scenarios", _where(file, p_node)
-        )
+        p_id, p_name, scenarios = product
         for s_index, s_node in enumerate(scenarios):
             s_path = f"{p_path}.scenarios[{s_index}]"
-            scenario = _mapping(loader, file, s_node, s_path, frozenset({"id", "name", "entries"}))
+            scenario = _level(loader, file, s_node, s_path, "entries")
             if scenario is None:
                 continue
-            s_id = _ident(loader, file, scenario["id"][1], f"{s_path}.id") if "id" in scenario else None
-            if "id" not in scenario:
-                loader.error(_where(file, s_node), f"{s_path}.id", "missing")
-            s_name = _text(loader, file, scenario["name"][1], f"{s_path}.name") if "name" in scenario else s_id
-            entries = _seq(
-                loader, file, scenario.get("entries", (None, None))[1], f"{s_path}.entries", _where(file, s_node)
-            )
+            s_id, s_name, entries = scenario
             for e_index, e_node in enumerate(entries):
                 _load_yaml_entry(
                     loader, file, e_node, f"{s_path}.entries[{e_index}]", file_lang, (p_id, p_name, s_id, s_name)
                 )
+
+
+def _level(
+    loader: _Loader, file: Path, node: yaml.Node, path: str, children: str
+) -> tuple[str | None, str | None, list[yaml.Node]] | None:
+    """A product or a scenario: a mapping of ``id``, ``name`` (defaults to the id) and a list
+    under ``children``. Errors are reported on ``loader``; ``None`` if ``node`` is no mapping."""
+    level = _mapping(loader, file, node, path, frozenset({"id", "name", children}))
+    if level is None:
+        return None
+    ident = _ident(loader, file, level["id"][1], f"{path}.id") if "id" in level else None
+    if "id" not in level:
+        loader.error(_where(file, node), f"{path}.id", "missing")
+    name = _text(loader, file, level["name"][1], f"{path}.name") if "name" in level else ident
+    items = _seq(loader, file, level.get(children, (None, None))[1], f"{path}.{children}", _where(file, node))
+    return ident, name, items
 
 
 def _load_notices(loader: _Loader, file: Path, node: yaml.Node, file_lang: str | None) -> None:
