@@ -18,6 +18,7 @@ is ready before the first piece has been heard. Later sentences are kept whole.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Iterator
 
 from avatar.speech.lang import is_han
 
@@ -193,13 +194,20 @@ def _cut_first(sentence: str, max_units: int) -> list[str]:
 def _word_cut(sentence: str, max_units: int) -> int | None:
     """The index before the phrase opener that makes the first piece closest below ``max_units``
     (or the first one past it), leaving at least ``_MIN_PIECE_UNITS`` on each side."""
+    openers = (m.start() for m in _WORD_AT.finditer(sentence) if m.group(1).lower() in _PHRASE_OPENERS)
+    return _closest_cut(sentence, openers, max_units, lambda rest: speech_units(rest) >= _MIN_PIECE_UNITS)
+
+
+def _closest_cut(
+    sentence: str, cuts: Iterable[int], max_units: int, rest_ok: Callable[[str], bool]
+) -> int | None:
+    """Of the candidate ``cuts`` (ascending indices), the one whose first piece is closest below
+    ``max_units`` units, or else the first past it; a cut must leave at least ``_MIN_PIECE_UNITS``
+    before it and a rest that ``rest_ok`` accepts. ``None`` when no cut qualifies."""
     best: int | None = None
-    for match in _WORD_AT.finditer(sentence):
-        if match.group(1).lower() not in _PHRASE_OPENERS:
-            continue
-        cut = match.start()
+    for cut in cuts:
         units = speech_units(sentence[:cut])
-        if units < _MIN_PIECE_UNITS or speech_units(sentence[cut:]) < _MIN_PIECE_UNITS:
+        if units < _MIN_PIECE_UNITS or not rest_ok(sentence[cut:]):
             continue
         if units <= max_units or best is None:
             best = cut
@@ -220,23 +228,13 @@ def _clause_cut(sentence: str, max_units: int) -> int | None:
     """Cut ``sentence`` once at the clause break that makes the first piece closest below
     ``max_units`` (or the first break past it): the index just past it, ``None`` when there
     is none."""
-    best: int | None = None
-    for idx, ch in enumerate(sentence):
-        cut = idx + 1
-        if ch in _CLAUSE_BREAKS_CJK:
-            pass
-        elif ch in _CLAUSE_BREAKS_LATIN:
-            # ", " is a clause break; "1,000" and "12:30" are not.
-            if cut < len(sentence) and not sentence[cut].isspace():
-                continue
-        else:
-            continue
-        head = sentence[:cut]
-        units = speech_units(head)
-        if units < _MIN_PIECE_UNITS or not sentence[cut:].strip():
-            continue
-        if units <= max_units or best is None:
-            best = cut
-        if units > max_units:
-            break
-    return best
+
+    def breaks() -> Iterator[int]:
+        for idx, ch in enumerate(sentence):
+            cut = idx + 1
+            if ch in _CLAUSE_BREAKS_CJK:
+                yield cut
+            elif ch in _CLAUSE_BREAKS_LATIN and (cut == len(sentence) or sentence[cut].isspace()):
+                yield cut  # ", " is a clause break; "1,000" and "12:30" are not
+
+    return _closest_cut(sentence, breaks(), max_units, lambda rest: bool(rest.strip()))
