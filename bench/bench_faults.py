@@ -73,20 +73,11 @@ from bench._harness import (  # noqa: E402
 )
 from bench._report import write_section  # noqa: E402
 from bench.bench_soak import live_sessions, scrape  # noqa: E402
+from tests.e2e.conftest import CHROMIUM  # noqa: E402
+from tests.e2e.conftest import CHROMIUM_FLAGS as E2E_CHROMIUM_FLAGS  # noqa: E402
 
-CHROMIUM = os.environ.get("AVATAR_TEST_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--use-fake-ui-for-media-stream",
-    "--use-fake-device-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--allow-loopback-in-peer-connection",
-    "--autoplay-policy=no-user-gesture-required",
-]
+# The browser tests' Chromium and flags; started here by hand (to kill it), so headless is ours to set.
+CHROMIUM_FLAGS = ["--headless=new", *E2E_CHROMIUM_FLAGS]
 REDIS_SERVER = "/usr/bin/redis-server"
 OPERATOR, PASSWORD = "alice", "fault-bench-password"
 GRACE = 3.0
