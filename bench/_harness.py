@@ -614,6 +614,47 @@ class Customer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+# -- reading a server process --------------------------------------------------------------------
+def proc_status(pid: int) -> tuple[float, int, int]:
+    """Resident memory (MiB), threads and open file descriptors of process ``pid``."""
+    rss_kib = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kib = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
+    return rss_kib / 1024, threads, fds
+
+
+async def scrape(http: aiohttp.ClientSession, server: ServerProcess) -> dict[str, float]:
+    """The server's ``GET /metrics``: each sample's value by its name with labels, e.g.
+    ``avatar_asyncio_tasks`` or ``avatar_frames_sent_total{kind="video"}``."""
+    async with http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}) as resp:
+        text = await resp.text()
+        if resp.status != 200:
+            raise RuntimeError(f"GET /metrics failed ({resp.status}): {text[:200]}")
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return values
+
+
+async def asyncio_tasks(http: aiohttp.ClientSession, server: ServerProcess) -> int | None:
+    """The server's ``avatar_asyncio_tasks`` gauge, or None where it has none."""
+    value = (await scrape(http, server)).get("avatar_asyncio_tasks")
+    return int(value) if value is not None else None
+
+
+async def live_sessions(http: aiohttp.ClientSession, server: ServerProcess) -> int:
+    """How many sessions the server counts (``/healthz``)."""
+    async with http.get(f"{server.url}/healthz") as resp:
+        return int((await resp.json())["sessions"])
+
+
 def http_session() -> aiohttp.ClientSession:
     """An HTTP client whose every request gives up after 60 s."""
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60.0))

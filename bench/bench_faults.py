@@ -64,15 +64,16 @@ from bench._harness import (  # noqa: E402
     LOOPBACK,
     Customer,
     ServerProcess,
+    asyncio_tasks,
     bounded,
     free_port,
     http_session,
+    live_sessions,
     loopback_ice_only,
     machine_line,
     null_decoders,
 )
 from bench._report import write_section  # noqa: E402
-from bench.bench_soak import live_sessions, scrape  # noqa: E402
 from tests.e2e.conftest import CHROMIUM  # noqa: E402
 from tests.e2e.conftest import CHROMIUM_FLAGS as E2E_CHROMIUM_FLAGS  # noqa: E402
 
@@ -109,11 +110,6 @@ class Case:
 
 
 # -- reading the servers ----------------------------------------------------------------------------
-async def tasks_of(http: aiohttp.ClientSession, server: ServerProcess) -> int | None:
-    value = (await scrape(http, server)).get("avatar_asyncio_tasks")
-    return int(value) if value is not None else None
-
-
 async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float, step: float = 0.25) -> float | None:
     """Seconds until ``predicate`` held (polled every ``step``), or None after ``within``."""
     start = time.monotonic()
@@ -127,11 +123,11 @@ async def wait_until(predicate: Callable[[], Awaitable[bool]], within: float, st
 
 async def settle_tasks(http: aiohttp.ClientSession, server: ServerProcess, target: int | None, within: float) -> int | None:
     """Wait (at most ``within`` s) for the server's task count to come back to ``target``; return it."""
-    count = await tasks_of(http, server)
+    count = await asyncio_tasks(http, server)
     deadline = time.monotonic() + within
     while target is not None and count is not None and count > target and time.monotonic() < deadline:
         await asyncio.sleep(1.0)
-        count = await tasks_of(http, server)
+        count = await asyncio_tasks(http, server)
     return count
 
 
@@ -312,7 +308,7 @@ async def case_network() -> Case:
     with ServerProcess(max_sessions=8) as server, null_decoders(), log_on_failure(server):
         async with http_session() as http:
             await warm_up(http, server)
-            before = await tasks_of(http, server)
+            before = await asyncio_tasks(http, server)
             customer = Customer(codec="VP8")
             sid = ""
             try:
@@ -435,7 +431,7 @@ async def case_browser() -> Case:
         add_operator(server.data_dir)
         async with http_session() as http:
             await warm_up(http, server)
-            before = await tasks_of(http, server)
+            before = await asyncio_tasks(http, server)
             customer = Customer(codec="VP8")
             sid = ""
             try:
@@ -579,7 +575,7 @@ async def case_redis(outage: float) -> Case:
                 add_operator(b.data_dir)
                 async with http_session() as http:
                     await warm_up(http, a)
-                    before = {"A": await tasks_of(http, a), "B": await tasks_of(http, b)}
+                    before = {"A": await asyncio_tasks(http, a), "B": await asyncio_tasks(http, b)}
                     await run_redis_case(case, http, a, b, redis_server, outage)
                     after_a = await settle_tasks(http, a, before["A"], within=30.0)
                     after_b = await settle_tasks(http, b, before["B"], within=30.0)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -36,11 +35,14 @@ import aiohttp  # noqa: E402
 from bench._harness import (  # noqa: E402
     Customer,
     ServerProcess,
+    asyncio_tasks,
     bounded,
     http_session,
+    live_sessions,
     loopback_ice_only,
     machine_line,
     null_decoders,
+    proc_status,
 )
 from bench._report import write_section  # noqa: E402
 
@@ -53,36 +55,6 @@ class Snapshot:
     fds: int
     tasks: int | None
     live: int  # sessions the server still counts
-
-
-def proc_status(pid: int) -> tuple[float, int, int]:
-    """Resident memory (MiB), threads and open file descriptors of process ``pid``."""
-    rss_kib = 0
-    threads = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kib = int(line.split()[1])
-        elif line.startswith("Threads:"):
-            threads = int(line.split()[1])
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss_kib / 1024, threads, fds
-
-
-async def scrape_tasks(http: aiohttp.ClientSession, server: ServerProcess) -> int | None:
-    headers = {"Authorization": f"Bearer {server.token}"}
-    async with http.get(f"{server.url}/metrics", headers=headers) as resp:
-        if resp.status != 200:
-            return None
-        text = await resp.text()
-    for line in text.splitlines():
-        if line.startswith("avatar_asyncio_tasks "):
-            return int(float(line.split()[1]))
-    return None
-
-
-async def live_sessions(http: aiohttp.ClientSession, server: ServerProcess) -> int:
-    async with http.get(f"{server.url}/healthz") as resp:
-        return int((await resp.json())["sessions"])
 
 
 async def settle(http: aiohttp.ClientSession, server: ServerProcess, within: float = 60.0) -> int:
@@ -100,7 +72,7 @@ async def settle(http: aiohttp.ClientSession, server: ServerProcess, within: flo
 async def snapshot(http: aiohttp.ClientSession, server: ServerProcess, after: int) -> Snapshot:
     live = await settle(http, server)
     rss, threads, fds = proc_status(server.pid)
-    return Snapshot(after, rss, threads, fds, await scrape_tasks(http, server), live)
+    return Snapshot(after, rss, threads, fds, await asyncio_tasks(http, server), live)
 
 
 async def one_session(http: aiohttp.ClientSession, server: ServerProcess, index: int) -> None:

@@ -56,9 +56,12 @@ from bench._harness import (  # noqa: E402
     StreamLog,
     bounded,
     http_session,
+    live_sessions,
     loopback_ice_only,
     machine_line,
     null_decoders,
+    proc_status,
+    scrape,
 )
 from bench._report import BENCHMARKS, write_section  # noqa: E402
 
@@ -93,37 +96,6 @@ class Sample:
     late: float = 0.0  # avatar_frames_late so far
     server_cpu: float | None = None  # % of one core since the previous sample
     others_cpu: float | None = None  # every other process on the machine, % of one core
-
-
-def proc_status(pid: int) -> tuple[float, int, int]:
-    rss_kib = threads = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss_kib = int(line.split()[1])
-        elif line.startswith("Threads:"):
-            threads = int(line.split()[1])
-    fds = len(list(Path(f"/proc/{pid}/fd").iterdir()))
-    return rss_kib / 1024, threads, fds
-
-
-async def scrape(http: aiohttp.ClientSession, server: ServerProcess) -> dict[str, float]:
-    """The server's metrics without labels, and ``avatar_frames_sent{kind="video"}``."""
-    async with http.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {server.token}"}) as resp:
-        text = await resp.text()
-        if resp.status != 200:
-            raise RuntimeError(f"GET /metrics failed ({resp.status}): {text[:200]}")
-    values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, _, value = line.rpartition(" ")
-        values[name] = float(value)
-    return values
-
-
-async def live_sessions(http: aiohttp.ClientSession, server: ServerProcess) -> int:
-    async with http.get(f"{server.url}/healthz") as resp:
-        return int((await resp.json())["sessions"])
 
 
 LATE_KEY = "avatar_frames_late_total"
