@@ -144,21 +144,14 @@ def warm_answer(session: Session, text: str, lang: str | None) -> asyncio.Task[N
     session-owned task (cancel it to give up), or ``None`` when the session does not speak
     through the TTS registry. The synthesis runs on the registry's TTS pool."""
     from avatar.session import TTSSpeechSource
-    from avatar.speech.tts.stream import warm_first_piece
 
     source = session.speaker.source
     if not isinstance(source, TTSSpeechSource) or not text.strip():
         return None
-    registry, avatar = source.registry, source.avatar
-    fallback = lang or source.default_lang
-    voice = registry.voice_for(avatar, "zh" if fallback == "zh" else "en")
-
-    def voice_for(part_lang: str) -> Any:
-        return registry.voice_for(avatar, part_lang)
 
     async def warm() -> None:
         try:
-            await warm_first_piece(registry, text, voice, voice_for=voice_for)
+            await source.warm(text, lang)
         except Exception as exc:  # the real call will fall back or report it
             log.warning("session %s: could not warm the answer's first piece: %s", session.id, exc)
 

@@ -334,15 +334,25 @@ class TTSSpeechSource:
         self.avatar = avatar
         self.default_lang = default_lang
 
+    def _voice(self, lang: str | None) -> Any:
+        """The voice for parts with neither script: ``lang`` or the default language decides."""
+        fallback = lang or self.default_lang
+        return self.registry.voice_for(self.avatar, "zh" if fallback == "zh" else "en")
+
+    def _voice_for(self, part_lang: str) -> Any:
+        return self.registry.voice_for(self.avatar, part_lang)
+
     async def stream(self, text: str, lang: str | None) -> AsyncIterator[SpeechChunk]:
         from avatar.speech.tts.stream import speak_stream
 
-        fallback = lang or self.default_lang
-        voice = self.registry.voice_for(self.avatar, "zh" if fallback == "zh" else "en")
-
-        def voice_for(part_lang: str) -> Any:
-            return self.registry.voice_for(self.avatar, part_lang)
-
-        async with contextlib.aclosing(speak_stream(self.registry, text, voice, voice_for=voice_for)) as chunks:
-            async for chunk in chunks:
+        chunks = speak_stream(self.registry, text, self._voice(lang), voice_for=self._voice_for)
+        async with contextlib.aclosing(chunks) as pieces:
+            async for chunk in pieces:
                 yield chunk
+
+    async def warm(self, text: str, lang: str | None) -> None:
+        """Synthesise into the TTS cache the first piece ``stream(text, lang)`` will speak (same
+        voices, same first-piece cut), so speaking it later finds it cached or in flight."""
+        from avatar.speech.tts.stream import warm_first_piece
+
+        await warm_first_piece(self.registry, text, self._voice(lang), voice_for=self._voice_for)
