@@ -124,6 +124,36 @@ async def test_mutated_sdp_offers(client: TestClient, data: st.DataObject) -> No
     await still_serving(client)
 
 
+async def test_an_offer_that_leaves_a_section_without_transport(client: TestClient) -> None:  # type: ignore[type-arg]
+    """Found by the SDP fuzzer: the video section's ``a=mid`` moved into the audio section. aiortc
+    applies it, then fails inside ``createAnswer`` and again inside ``close`` (a transceiver with
+    no transport). The answer is a 400, and the half-made session does not keep a place: the
+    server is not "full" afterwards."""
+    customer = RtcCustomer()
+    try:
+        lines = (await customer.offer())["sdp"].strip().split("\r\n")
+    finally:
+        await customer.close()
+    video_mid = next(i for i, line in enumerate(lines) if line.startswith("m=video"))
+    video_mid = next(i for i in range(video_mid, len(lines)) if lines[i].startswith("a=mid:"))
+    audio_rtcp = next(i for i, line in enumerate(lines) if line.startswith("a=rtcp:"))
+    lines[audio_rtcp], lines[video_mid] = lines[video_mid], lines[audio_rtcp]
+    broken = "\r\n".join(lines) + "\r\n"
+    api = {"Authorization": f"Bearer {API_TOKEN}"}
+    stage = await (await client.post("/api/stages", json={}, headers=api)).json()
+    for path, body in (
+        ("/api/offer", {"sdp": broken, "type": "offer"}),
+        (f"/api/stages/{stage['stage_id']}/offer", {"sdp": broken, "type": "offer", "key": stage["view_key"]}),
+    ):
+        for _ in range(4):  # more than max_sessions (3): a leaked place would show as a 503
+            resp = await client.post(path, json=body)
+            assert resp.status == 400, await resp.text()
+            assert "cannot answer" in (await resp.json())["error"]
+    assert client.app[SESSIONS]._pending == 0
+    connected, _ = await connect(client)  # still room for a real customer
+    await connected.close()
+
+
 @pytest.fixture
 async def held(client: TestClient) -> AsyncIterator[tuple[dict[str, str], str]]:  # type: ignore[type-arg]
     """A live customer session held by a signed-in operator: (operator headers, session id)."""

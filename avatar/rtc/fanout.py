@@ -40,7 +40,14 @@ from aiortc.sdp import SessionDescription
 
 from avatar.clock import AUDIO_RATE, AUDIO_TIME_BASE, VIDEO_TIME_BASE
 from avatar.config import IceServer
-from avatar.rtc.peer import UnusableOffer, answer_offer, drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.peer import (
+    UnusableOffer,
+    answer_offer,
+    close_peer,
+    drain,
+    make_peer_connection,
+    prefer_video_codec,
+)
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.stage import Stage
 
@@ -497,7 +504,7 @@ class StageFanout:
             self._pending -= 1
             audio.stop()
             video.stop()
-            await pc.close()
+            await close_peer(pc)
             raise
         self._pending -= 1
         audio.bind("opus")

@@ -59,9 +59,20 @@ async def answer_offer(
         raise error(f"the offer must receive {' and '.join(sorted(need))}")
     try:
         await pc.setLocalDescription(await pc.createAnswer())
-    except (ValueError, KeyError, TypeError, IndexError) as exc:
-        # An offer aiortc parsed but cannot answer (e.g. a media section with no direction).
+    except Exception as exc:
+        # An offer aiortc parsed but cannot answer: a media section with no direction, a BUNDLE
+        # group that leaves a section without a transport (AttributeError inside aiortc)...
         raise error(f"cannot answer this SDP offer: {exc}") from exc
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """Close ``pc`` without raising. A peer left half set up by an offer that failed midway can
+    make aiortc's own ``close`` raise; the caller is cleaning up and must go on (a counter to
+    put back, an error to answer), so that is logged, not raised."""
+    try:
+        await pc.close()
+    except Exception:
+        log.warning("closing a half-set-up peer connection failed", exc_info=True)
 
 
 async def drain(track: MediaStreamTrack) -> None:

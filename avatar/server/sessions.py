@@ -18,7 +18,14 @@ from aiortc.mediastreams import MediaStreamTrack
 from avatar.clock import MediaClock
 from avatar.config import Settings
 from avatar.drivers import make_driver
-from avatar.rtc.peer import UnusableOffer, answer_offer, drain, make_peer_connection, prefer_video_codec
+from avatar.rtc.peer import (
+    UnusableOffer,
+    answer_offer,
+    close_peer,
+    drain,
+    make_peer_connection,
+    prefer_video_codec,
+)
 from avatar.rtc.tracks import StageAudioTrack, StageVideoTrack
 from avatar.server.engines import Engines
 from avatar.server.memory import MemoryTrimmer
@@ -148,9 +155,9 @@ class SessionManager:
             prefer_video_codec(pc, self.settings.video_codec)
             await answer_offer(pc, sdp, sdp_type, error=BadOffer)
         except BaseException:
-            if pc is not None:
-                await pc.close()
             self._pending -= 1
+            if pc is not None:
+                await close_peer(pc)
             raise
         self._pending -= 1
         self.sessions[session.id] = session
