@@ -64,6 +64,8 @@ def cover_exactly(phonemes: list[Phoneme], duration: float) -> list[Phoneme]:
             continue
         if start > cursor + 1e-6:
             out.append(Phoneme(SILENCE, cursor, start))
+        else:
+            start = cursor  # a float-rounding gap (shifted, rescaled timings): no gap at all
         out.append(Phoneme(ph.symbol, start, end))
         cursor = end
     if cursor < duration - 1e-6 or not out:

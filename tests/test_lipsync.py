@@ -430,3 +430,16 @@ def test_cost_of_a_ten_second_chunk(capsys: pytest.CaptureFixture[str]) -> None:
     assert len(track) == math.ceil(offset * 100) + 1
     bilabials = sum(1 for p in phonemes if p.symbol in ("m", "b", "p"))
     assert sum(1 for v, _, _ in visemes_of(phonemes) if v is V.PP) == bilabials
+
+
+def test_cover_exactly_closes_float_rounding_gaps() -> None:
+    """Timings shifted and rescaled when parts are joined (a mixed-language sentence) can leave
+    a gap of a few ulps between neighbours: the tiling has none, and inserts no sliver of silence."""
+    a_end = 1.8973696145124714
+    phonemes = [Phoneme("a", 0.0, a_end), Phoneme("_", a_end + 3e-16, 1.9063900226757369)]
+    covered = cover_exactly(phonemes, 1.9063900226757369)
+    assert [p.symbol for p in covered] == ["a", "_"]
+    assert covered[1].start == covered[0].end
+    # A real gap still becomes silence.
+    gapped = cover_exactly([Phoneme("a", 0.0, 0.5), Phoneme("b", 0.6, 1.0)], 1.0)
+    assert [(p.symbol, p.start, p.end) for p in gapped] == [("a", 0.0, 0.5), ("_", 0.5, 0.6), ("b", 0.6, 1.0)]
