@@ -94,7 +94,7 @@ class Settings:
     asr_cpu_threads: int = 2
     asr_window: float = 10.0  # seconds of audio the local Whisper encoder sees (30: Whisper's own; shorter is faster)
     end_of_turn: float = 0.6  # seconds of silence that end the customer's turn
-    end_of_turn_finished: float = 0.4  # ... when the words read as a finished sentence; 0: end_of_turn
+    end_of_turn_finished: float = 0.5  # ... when the words read as a finished sentence; 0: end_of_turn
     end_of_turn_question: float = 0.2  # ... when they read as a finished question ("...my card?"); 0: as finished
     ignore_backchannel: bool = False  # True: "uh-huh", "嗯" while the avatar speaks do not interrupt it (costs ~0.5 s of barge-in delay)
     silence_prompt_after: float = 20.0  # seconds of customer silence before a gentle prompt

@@ -16,21 +16,25 @@ decisions are handled on the event loop.
 A turn ends in one call, ``session.customer_text(text)`` (transcript, ``transcript`` event,
 the driver's answer). To answer quickly:
 
-- recognition starts *speculatively* while the customer may be done: at the first pause of
-  ``pause_gap`` after their speech (for engines that afford partial transcripts; Silero
-  hardly ever dips inside a word, so these are the pauses between phrases and the end of
-  the turn), and at the endpointer's ``SpeechEnded`` (every engine). A speculation whose
-  speech was followed by more speech is stale; its text is still shown as the live
-  (partial) transcript. Recognitions run one at a time, so a newer speculation withdraws an
-  older one still queued.
+- recognition starts *speculatively* while the customer may be done: at the first quiet
+  window after loud speech (``avatar.speech.level``: about 0.05 s after the last loud
+  sample, while Silero's decay tail still calls speech for another 0.05-0.1 s), when no
+  recognition of this stream is in flight; at the first pause of ``pause_gap`` after their
+  speech (both for engines that afford partial transcripts; Silero hardly ever dips inside
+  a word, so these are the pauses between phrases and the end of the turn); and at the
+  endpointer's ``SpeechEnded`` (every engine). A speculation is stale once loud speech
+  follows its audio, or the VAD still calls speech more than ``VAD_TAIL`` after it; its
+  text is still shown as the live (partial) transcript. Recognitions run one at a time, so
+  a newer speculation withdraws an older one still queued.
 - a speculative transcript that reads finished goes to the driver's ``prepare`` (the brain
   decides its answer on a copy of the dialogue while the turn is being confirmed), and the
   first TTS piece of the planned answer (the brain's reply; the echo's: the words) is
   synthesised into the TTS cache meanwhile (``avatar.drivers.warm_answer``), so the answer's
   first audio does not wait for it. Nothing is said before the turn is over.
-- the turn is taken as over ``commit_question`` after the speech when the speculative
-  transcript *reads* as a finished question ("How do I activate my new card?"),
-  ``commit_silence`` when it reads as another finished sentence; otherwise the endpointer's
+- the turn is taken as over ``commit_question`` after the end of the sound when the
+  speculative transcript *reads* as a finished question ("How do I activate my new card?"),
+  ``commit_silence`` when it reads as another finished sentence (on time: a timer on the
+  stage clock, once the VAD too hears silence); otherwise the endpointer's
   end-of-turn silence decides (longer when the words trail off: "...my card and"), and a
   speculation covering exactly that speech is reused instead of recognising again. A
   customer who goes on after a turn taken early cuts in on the answer like any barge-in.
@@ -86,6 +90,7 @@ from avatar.speech.endpoint import (
     TurnEnded,
     looks_unfinished,
 )
+from avatar.speech.level import SoundLevel
 from avatar.speech.resample import VAD_RATE, StreamResampler
 from avatar.speech.vad import VadFrame, VoiceActivityDetector
 
@@ -121,6 +126,11 @@ VOICE_UNAVAILABLE = (
 )
 
 _TERMINAL = (".", "?", "!", "。", "？", "！")
+#: How long after the end of the sound the VAD may still call speech and the speech still be
+#: over: Silero's decay tail (40-140 ms on the benchmark's questions), with a margin.
+VAD_TAIL = 0.2
+#: Speech a turn must have before its first quiet window starts a recognition.
+SOUND_END_MIN_SPEECH = 0.25
 
 
 def reads_finished(text: str) -> bool:
@@ -189,9 +199,11 @@ class ListenerConfig:
     """How a session listens. Durations in seconds of media time.
 
     ``pause_gap``: silence after speech that starts a speculative recognition of the turn so
-    far (engines with partial transcripts only; one VAD window: the first silent one).
-    ``commit_question``: silence after which a turn whose words read as a finished question
-    is over, ``commit_silence`` for other finished words (``early_commit``; the settings
+    far (engines with partial transcripts only; one VAD window: the first silent one). With
+    ``speculate_at_pauses``, the first quiet window after loud speech starts one too (see
+    ``avatar.speech.level``), when no recognition of this stream is in flight.
+    ``commit_question``: silence after the end of the sound after which a turn whose words
+    read as a finished question is over, ``commit_silence`` for other finished words (``early_commit``; the settings
     ``end_of_turn_question`` and ``end_of_turn_finished``: a pause after "I lost my debit
     card." may well be followed by "can you block it?"); otherwise the endpointer's
     ``end_of_turn`` decides.
@@ -206,7 +218,7 @@ class ListenerConfig:
     pause_gap: float = 0.032
     early_commit: bool = True
     commit_question: float = 0.2
-    commit_silence: float = 0.4
+    commit_silence: float = 0.5
     partials: bool = True
     partial_interval: float = 1.0
     partial_min_audio: float = 0.8
@@ -365,6 +377,10 @@ class Listener:
         self._barged = False
         self._pending_bargein: BargeIn | None = None
         self._speech_end = 0.0  # end of the latest speech window, as the endpointer counts it
+        self._sound_end = 0.0  # end of the latest speech window that was loud (not quiet)
+        self._vad_silent = True  # the latest window is below the endpointer's silence threshold
+        self._level = SoundLevel()
+        self._commit_check: tuple[float, asyncio.Task[None]] | None = None
         self._last_voice = -math.inf  # end of the latest window above the speech threshold
         self._spec: _Recognition | None = None
         self._partial: _Recognition | None = None
@@ -494,17 +510,23 @@ class Listener:
                 log.debug("session %s: backchannel at %.2f let pass", self.session.id, event.onset)
         frame = result.frame
         ep = self.endpointer
+        neg = self.config.endpoint.neg_threshold
+        self._vad_silent = frame.probability < neg
+        quiet = self._level.push(frame, not self._vad_silent)
         events = ep.push(frame)
         self._frames.append(frame)
-        neg = self.config.endpoint.neg_threshold
         if ep.state is EndpointState.SPEAKING and frame.probability >= neg:
             self._speech_end = frame.end
+            if not quiet:
+                self._sound_end = frame.end
         if frame.probability >= self.config.endpoint.threshold:
             self._last_voice = frame.end
         self._handle(events)
         if ep.state is EndpointState.SPEAKING:
             if frame.probability < neg and frame.end - self._speech_end >= self.config.pause_gap - 1e-9:
                 self._speculate_at_pause()
+            elif quiet and abs(frame.start - self._sound_end) < 1e-6:
+                self._speculate_at_sound_end(frame.end)
             self._maybe_partial(frame.end)
         self._maybe_commit_early()
 
@@ -516,8 +538,7 @@ class Listener:
                 else:
                     self._new_turn(event)
             elif isinstance(event, SpeechEnded):
-                spec = self._spec
-                if spec is None or spec.speech_end != event.t:
+                if not self._covers(self._spec):
                     self._start_speculation(event.audio, event.t)
             elif isinstance(event, TurnEnded):
                 self._turn_ended(event)
@@ -588,11 +609,34 @@ class Listener:
     def _speculate_at_pause(self) -> None:
         if not (self.config.speculate_at_pauses and self.recognizer.supports_partial):
             return
-        spec = self._spec
-        if spec is not None and spec.speech_end == self._speech_end:
+        if self._covers(self._spec):
             return  # this pause's speech is being (or has been) recognised
         until = self._speech_end + self.config.endpoint.post_roll
         self._start_speculation(self._turn_audio(until), self._speech_end)
+
+    def _speculate_at_sound_end(self, now: float) -> None:
+        """The first quiet window after loud speech: recognise the turn so far before the VAD's
+        decay tail has passed. Only while no recognition of this stream is in flight, so a
+        quiet moment inside a word (a stop consonant's closure) costs at most one recognition
+        at a time, and its result still shows as the live transcript."""
+        if not (self.config.speculate_at_pauses and self.recognizer.supports_partial):
+            return
+        onset = self._turn_audio_start + self.config.endpoint.pre_roll
+        if self._sound_end - onset < SOUND_END_MIN_SPEECH or self._covers(self._spec):
+            return
+        if any(rec is not None and not rec.task.done() for rec in (self._spec, self._partial)):
+            return
+        self._start_speculation(self._turn_audio(now), self._sound_end)
+
+    def _covers(self, rec: _Recognition | None) -> bool:
+        """Whether ``rec`` heard all of this turn's speech so far: no loud speech since its
+        audio ended, and what the VAD still called speech after it lies within its decay tail."""
+        return (
+            rec is not None
+            and rec.turn == self._turn
+            and self._sound_end <= rec.speech_end + 1e-9
+            and max(self._speech_end, self._last_voice) <= rec.speech_end + VAD_TAIL
+        )
 
     def _maybe_partial(self, now: float) -> None:
         if not (self.config.partials and self.recognizer.supports_partial):
@@ -654,36 +698,43 @@ class Listener:
         """End the turn now if the latest speculation covers all the speech, its words read
         finished, and ``commit_question`` (a question) or ``commit_silence`` of silence followed."""
         spec = self._spec
-        if not self.config.early_commit or spec is None or spec.turn != self._turn:
+        if not self.config.early_commit or not self.endpointer.in_turn or not self._covers(spec):
             return
-        if (
-            not self.endpointer.in_turn
-            or spec.speech_end != self._speech_end
-            or self._last_voice > spec.speech_end
-        ):
-            return
-        cfg = self.config
-        silence = self.clock.time() - spec.speech_end
-        if silence < min(cfg.commit_question, cfg.commit_silence):
-            return
-        transcript = spec.transcript()
+        assert spec is not None
+        transcript = spec.transcript()  # None until it is done: _recognised calls again
         if transcript is None or not reads_finished(transcript.text):
             return
-        if silence < (cfg.commit_question if reads_as_question(transcript.text) else cfg.commit_silence):
+        cfg = self.config
+        due = spec.speech_end + (
+            cfg.commit_question if reads_as_question(transcript.text) else cfg.commit_silence
+        )
+        if self.clock.time() < due - 1e-9:
+            self._check_commit_at(due)  # on time, not at whichever window comes next
             return
+        if not self._vad_silent:
+            return  # the VAD still hears speech: its next window decides
         if self._over_avatar and self.session.speaker.state == "speaking":
             return  # the endpointer's end of turn decides what to make of it
         self.endpointer.reset()
         self._finish(spec, "early", reused=True)
 
+    def _check_commit_at(self, due: float) -> None:
+        """Run ``_maybe_commit_early`` again at clock time ``due`` (one pending check)."""
+        pending = self._commit_check
+        if pending is not None and not pending[1].done():
+            if abs(pending[0] - due) < 1e-9:
+                return
+            pending[1].cancel()
+
+        async def check() -> None:
+            await self.clock.sleep_until(due)
+            self._maybe_commit_early()
+
+        self._commit_check = (due, self.session.spawn(check(), "commit-check"))
+
     def _turn_ended(self, event: TurnEnded) -> None:
         spec = self._spec
-        reused = (
-            spec is not None
-            and spec.turn == self._turn
-            and spec.speech_end == event.t
-            and not spec.task.cancelled()
-        )
+        reused = spec is not None and self._covers(spec) and not spec.task.cancelled()
         if self._over_avatar and self.session.speaker.state == "speaking":
             # Speech over the avatar that never became a barge-in: a backchannel or noise.
             if spec is not None and not spec.task.done():

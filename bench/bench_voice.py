@@ -243,13 +243,18 @@ class Received:
 
 
 async def run(
-    turns: int, barge_ins: int, driver: str, partials: bool
+    turns: int, barge_ins: int, driver: str, partials: bool, server_settings: dict[str, Any] | None = None
 ) -> tuple[list[VoiceTurn], list[BargeTrial], dict[str, Any]]:
     received = Received()
     done: list[VoiceTurn] = []
     trials: list[BargeTrial] = []
     extra: dict[str, Any] = {}
-    overrides = {"driver": driver, "silence_prompt_after": 3600.0, "silence_close_after": 7200.0}
+    overrides: dict[str, Any] = {
+        **(server_settings or {}),
+        "driver": driver,
+        "silence_prompt_after": 3600.0,
+        "silence_close_after": 7200.0,
+    }
     async with h.InProcessServer(**overrides) as server, h.http_session() as http:
         questions = await synthesise(server, QUESTIONS)
         long_question, cut_in, warm_up = await synthesise(server, (LONG_QUESTION, CUT_IN, WARM_UP))
@@ -295,7 +300,17 @@ async def run(
                     schedules.append(time.monotonic())
                     return schedule(chunk, mouth)
 
+                recognitions = {"speculative": 0, "partial": 0}
+                transcribe = listener.recognizer.transcribe
+
+                async def counted_transcribe(
+                    audio: Any, lang: Any = None, prompt: Any = None, *, partial: bool = False
+                ) -> Any:
+                    recognitions["partial" if partial else "speculative"] += 1
+                    return await transcribe(audio, lang, prompt, partial=partial)
+
                 # Instance attributes shadow the methods the server calls (benchmark-only hooks).
+                setattr(listener.recognizer, "transcribe", counted_transcribe)  # noqa: B010
                 setattr(session, "say", timed_say)  # noqa: B010
                 setattr(stage, "schedule", timed_schedule)  # noqa: B010
                 audio_log = customer.audio_log
@@ -332,6 +347,7 @@ async def run(
                 for number, clip in enumerate([warm_up, *questions[:turns]]):
                     if number == 1:
                         hits = server.engines.tts.cache_hits
+                        counted = dict(recognitions)
                     await idle()
                     await asyncio.sleep(0.8)
                     mark, known = len(received.frames), len(records)
@@ -358,6 +374,7 @@ async def run(
                     done.append(turn)
                     print(f"turn {len(done):2d}: {turn.total * 1000:5.0f} ms  {turn.how:6s} {turn.heard!r}")
                 extra["tts_cache_hits"] = server.engines.tts.cache_hits - hits
+                extra["recognitions"] = {key: recognitions[key] - counted[key] for key in recognitions}
                 from avatar.speech.bargein import BargeInGuard
 
                 configured = listener.config.bargein
@@ -448,7 +465,14 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
         "",
         f"Turns taken on finished words: {early}/{len(turns)}; speculative recognition reused: "
         f"{reused}/{len(turns)}; transcripts exactly right (case and end punctuation aside): "
-        f"{right}/{len(turns)}.",
+        f"{right}/{len(turns)}."
+        + (
+            f" Recognitions per turn: {extra['recognitions']['speculative'] / len(turns):.1f} speculative "
+            f"(the one that became the turn's transcript included) and "
+            f"{extra['recognitions']['partial'] / len(turns):.1f} partial."
+            if turns and "recognitions" in extra
+            else ""
+        ),
     ]
     if trials:
         groups = [
@@ -479,20 +503,42 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
 
 
 NOTES = (
-    "Reading the figures: *hearing the end of speech* includes one 20 ms packet, aiortc's audio "
-    "receive buffer on the server (tightened to hold 1 packet, 20 ms; aiortc's default holds 4, 80 ms) "
-    "and the VAD's trailing windows (Silero calls speech for about 60-90 ms after the last loud "
-    "sample); *end of turn* is the silence waited for after the VAD's end of speech: the question or "
-    "statement wait when the speculative transcript (started at the first silent 32 ms window) reads "
-    "finished, or the recognition time if that is longer, else `end_of_turn`; *recognition left* is "
-    "what recognition still needed once the turn was over; *first TTS sentence* is the driver's line "
-    "until its first piece is on the stage: that piece is synthesised while the turn is being confirmed "
-    "(when the speculative transcript reads finished, the first piece of the planned answer, the echo's "
-    "words or the brain's prepared reply, goes into the TTS cache; nothing is said before the turn is over), "
-    "so the line finds it cached or joins its synthesis still in flight. The synthesis is not skipped, it "
-    "overlaps the end-of-turn wait; a speculation the customer talks past costs at most that one piece. On these shared 2-core machines Whisper's time per "
-    "utterance grows with the load average (see the asr section for its cost on a quieter machine)."
+    "Reading the figures: *hearing the end of speech* runs to the end of the sound as the server places "
+    "it (the end of the last loud speech window) and includes one 20 ms packet and aiortc's audio receive "
+    "buffer on the server (tightened to hold 1 packet, 20 ms; aiortc's default holds 4, 80 ms); the server "
+    "sees that the sound has ended at the first quiet 32 ms window after it (`avatar.speech.level`), while "
+    "Silero's decay tail calls speech for another 40-140 ms. *End of turn* is the silence waited for after "
+    "the end of the sound: the question or statement wait (on a timer) when the speculative transcript, "
+    "started at that first quiet window, reads finished, or the recognition time if that is longer, else "
+    "`end_of_turn` after the VAD's end of speech; *recognition left* is what recognition still needed once "
+    "the turn was over; *first TTS sentence* is the driver's line until its first piece is on the stage: "
+    "that piece is synthesised while the turn is being confirmed (when the speculative transcript reads "
+    "finished, the first piece of the planned answer, the echo's words or the brain's prepared reply, goes "
+    "into the TTS cache; nothing is said before the turn is over), so the line finds it cached or joins its "
+    "synthesis still in flight. The synthesis is not skipped, it overlaps the end-of-turn wait; a "
+    "speculation the customer talks past costs at most that one piece. Quiet moments inside words (a stop "
+    "consonant's closure) start speculations too, at most one in flight at a time: the recognitions per "
+    "turn count them. On these shared 2-core machines Whisper's time per utterance grows with the load "
+    "average (see the asr section for its cost on a quieter machine)."
 )
+
+
+def parse_settings(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` items as typed server settings (read as ``AVATAR_KEY`` variables would be)."""
+    from avatar.config import ConfigError, Settings, load_settings
+
+    raw: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or key not in {f.name for f in dataclasses.fields(Settings)}:
+            parser.error(f"--set takes KEY=VALUE with a known setting, not {item!r}")
+        raw[key] = value.strip()
+    try:
+        typed = load_settings(env={f"AVATAR_{key.upper()}": value for key, value in raw.items()})
+    except ConfigError as exc:
+        parser.error(str(exc))
+    return {key: getattr(typed, key) for key in raw}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -502,17 +548,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--driver", choices=("echo", "brain"), default="echo", help="who answers")
     parser.add_argument("--no-partials", action="store_true", help="no partial transcripts while speaking")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a server setting for this run (as in avatar.example.toml), e.g. --set asr_cpu_threads=1",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.turns <= len(QUESTIONS) or args.barge_ins < 0:
         parser.error(f"--turns must be within 1..{len(QUESTIONS)} and --barge-ins not negative")
+    settings = parse_settings(parser, args.set)
     given = "".join(
         f" --{name.replace('_', '-')}" + ("" if value is True else f" {value}")
         for name, value in vars(args).items()
-        if value != parser.get_default(name) and name != "no_write"
-    )
+        if value != parser.get_default(name) and name not in ("no_write", "set")
+    ) + "".join(f" --set {item}" for item in args.set)
     bounded: Callable[..., Any] = h.bounded
     turns, trials, extra = asyncio.run(
-        bounded(run(args.turns, args.barge_ins, args.driver, not args.no_partials), 1200.0, "voice benchmark")
+        bounded(
+            run(args.turns, args.barge_ins, args.driver, not args.no_partials, settings),
+            1200.0,
+            "voice benchmark",
+        )
     )
     extra["driver"] = args.driver
     text = section(turns, trials, extra, given)

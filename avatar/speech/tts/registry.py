@@ -45,7 +45,7 @@ LAST_RESORT_VOICES = {
     "zh": Voice("espeak", "cmn", "zh"),
 }
 _WARM_UP_TEXT = {"en": "Hello.", "zh": "你好。"}
-#: Threads synthesising at once: one per core here (piper runs one onnxruntime thread each).
+#: Sentences synthesising at once (piper runs two onnxruntime threads each, see its module).
 TTS_WORKERS = 2
 #: Finished sentences kept for sessions that say the same line (a few MB of 22 kHz audio).
 CACHE_SENTENCES = 128
