@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -215,6 +216,11 @@ class InProcessServer:
 
         loopback_ice_only()
         self._tmp = tempfile.TemporaryDirectory(prefix="bench-call-")
+        learnt = ROOT / "data" / "cache" / "brain"
+        if self._overrides.get("driver") == "brain" and learnt.is_dir():
+            # The brain the repository's own server (or bench_brain) has learnt, instead of
+            # learning it again for minutes: the model files are keyed by the knowledge base.
+            shutil.copytree(learnt, Path(self._tmp.name) / "cache" / "brain")
         settings = load_settings(
             env={}, overrides={"data_dir": Path(self._tmp.name), "api_token": self.token, **self._overrides}
         )

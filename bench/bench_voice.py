@@ -1,13 +1,16 @@
 """Benchmark: the customer's voice, end to end: reply latency and barge-in time.
 
-    .venv/bin/python bench/bench_voice.py [--turns 20] [--barge-ins 10] [--driver echo]
-        [--no-partials] [--no-write]
+    .venv/bin/python bench/bench_voice.py [--turns 20] [--barge-ins 10] [--drivers brain,echo]
+        [--no-partials] [--set KEY=VALUE] [--no-write]
 
 The real server (in this process, on a loopback port, ``bench/_harness.py``) and an aiortc
 customer whose microphone plays questions synthesised with the project's Piper voice (Opus
 over WebRTC, as a browser sends them), in real time, with silence between them.
 
-* **Latency**, over ``--turns`` questions: from the end of the customer's speech (the last
+* **Latency**, over ``--turns`` questions, once per driver in ``--drivers`` (each in a fresh
+  server): the dialogue brain (the server's default: recognition, the brain and its knowledge
+  base, TTS of its answer), and the echo driver (the question said back: the speech path
+  alone, with first pieces as long as the questions). From the end of the customer's speech (the last
   loud sample leaving the microphone) to the first non-silent avatar audio packet reaching
   the customer (timed on arrival, before aiortc's receive buffer; see ``_harness``). The
   server's breakdown: hearing the end of speech (transport, aiortc's receive buffer on the
@@ -19,7 +22,8 @@ over WebRTC, as a browser sends them), in real time, with silence between them.
   really is synthesised then, by the server, for the turn being timed; that is the point of
   it, not a shortcut. The questions' own sentences are cleared from the TTS cache first, so
   every cache hit counted is a piece warmed during its own turn.
-* **Barge-in**, over ``--barge-ins`` trials: a long question is said back (echo driver), and
+* **Barge-in**, over ``--barge-ins`` trials in the last driver's run: a long question is
+  said back (the echo driver; the brain's answers vary in length), and
   1.5 s into the reply the customer says "Wait, stop, I have another question."; from the
   speech onset leaving the microphone to the first packet from which the received audio
   stays silent, with the server's breakdown.
@@ -256,6 +260,10 @@ async def run(
         "silence_close_after": 7200.0,
     }
     async with h.InProcessServer(**overrides) as server, h.http_session() as http:
+        loading = server.engines.brain_loading
+        while loading is not None and not loading.done():
+            print("waiting for the brain to load (learnt once, then cached under data/cache/brain)...")
+            await asyncio.wait({loading}, timeout=15.0)
         questions = await synthesise(server, QUESTIONS)
         long_question, cut_in, warm_up = await synthesise(server, (LONG_QUESTION, CUT_IN, WARM_UP))
         # The echo driver says each question back: its sentences must not be in the TTS cache
@@ -321,9 +329,16 @@ async def run(
                     assert rtp_origin is not None
                     return audio_log.frame_arrival.get((rtp_origin + pts) % (1 << 32), math.nan)
 
-                async def idle(within: float = 30.0) -> None:
+                async def idle(within: float = 30.0, quiet: float = 0.8) -> None:
+                    """Until the avatar is idle and ``quiet`` seconds have passed without a voiced
+                    packet (the brain may say a second line after its answer)."""
                     deadline = time.monotonic() + within
-                    while session.state != "idle" or session.speaker.busy:
+                    while True:
+                        mark = len(received.frames)
+                        await asyncio.sleep(quiet)
+                        voiced = any(rms >= VOICED_RMS for _, rms in received.frames[mark:])
+                        if session.state == "idle" and not session.speaker.busy and not voiced:
+                            return
                         if time.monotonic() > deadline:
                             raise RuntimeError(
                                 f"the avatar never went idle: state {session.state}, activity "
@@ -342,6 +357,10 @@ async def run(
                         await asyncio.sleep(0.005)
                     raise RuntimeError("no voiced audio arrived")
 
+                from avatar.server.operator_routes import OPERATORS
+
+                desk = server.app[OPERATORS].desk
+                reasons: list[str] = []
                 await asyncio.sleep(2.0)  # frames flowing both ways, buffers primed
                 # One warm-up turn (first recognition and synthesis of the run), not counted.
                 for number, clip in enumerate([warm_up, *questions[:turns]]):
@@ -349,7 +368,6 @@ async def run(
                         hits = server.engines.tts.cache_hits
                         counted = dict(recognitions)
                     await idle()
-                    await asyncio.sleep(0.8)
                     mark, known = len(received.frames), len(records)
                     said = mic.say(clip)
                     await said.done.wait()
@@ -358,6 +376,11 @@ async def run(
                         if len(records) > known:
                             break
                         await asyncio.sleep(0.05)
+                    if session.handoff_reason is not None:
+                        # The brain handed over (a lost card is an agent's job): an operator
+                        # releases the waiting session, so the next question reaches the brain.
+                        reasons.append(session.handoff_reason)
+                        await desk.handback(sid, "bench", "benchmark: the next question")
                     if number == 0:
                         continue
                     turn = VoiceTurn(clip.text, speech_end=said.end, arrival=arrival(hit[0]))
@@ -374,6 +397,7 @@ async def run(
                     done.append(turn)
                     print(f"turn {len(done):2d}: {turn.total * 1000:5.0f} ms  {turn.how:6s} {turn.heard!r}")
                 extra["tts_cache_hits"] = server.engines.tts.cache_hits - hits
+                extra["handoffs"] = reasons
                 extra["recognitions"] = {key: recognitions[key] - counted[key] for key in recognitions}
                 from avatar.speech.bargein import BargeInGuard
 
@@ -384,7 +408,6 @@ async def run(
                     listener.guard = BargeInGuard(dataclasses.replace(configured, ignore_backchannel=ignore))
                     for _ in range(barge_ins):
                         await idle()
-                        await asyncio.sleep(0.8)
                         mark = len(received.frames)
                         said = mic.say(long_question)
                         await said.done.wait()
@@ -425,55 +448,77 @@ def stats(values: list[float]) -> str:
     return f"{h.ms(h.median(finite))} | {h.ms(h.p95(finite))}"
 
 
-def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, Any], given: str) -> str:
+DRIVER_WORDS = {
+    "brain": "the dialogue brain answers from the knowledge base (the server's default driver)",
+    "echo": "the echo driver says each question back",
+}
+
+
+def section(
+    runs: list[tuple[str, list[VoiceTurn], dict[str, Any]]], trials: list[BargeTrial], given: str
+) -> str:
+    """The BENCHMARKS.md section: latency per driver (one column pair each), then barge-in."""
+    extra = runs[0][2]
     cfg = extra.get("config")
+    count = max(len(turns) for _, turns, _ in runs)
     lines = [
         "## Voice: end of speech to the avatar's answer, and barge-in",
         "",
         f"`{COMMAND}{given}`, on {h.machine_line()}.",
         "",
-        f"An aiortc customer speaks {len(turns)} banking questions (Piper, the project's voice, sent as "
-        "Opus in real time) to the in-process server; the echo driver says each back"
-        if extra.get("driver", "echo") == "echo"
-        else f"An aiortc customer speaks {len(turns)} banking questions to the in-process server "
-        f"(driver `{extra.get('driver')}`)",
-    ]
-    lines[-1] += (
-        f". Recogniser `{extra.get('recognizer')}`"
+        f"An aiortc customer speaks {count} banking questions (Piper, the project's voice, sent as Opus in real "
+        "time) to the in-process server, once per driver, each run in a fresh server: "
+        + "; ".join(f"*{driver}*: {DRIVER_WORDS.get(driver, driver)}" for driver, _, _ in runs)
+        + f". Recogniser `{extra.get('recognizer')}`"
         + (f" (encoder window {extra['window']:g} s)" if extra.get("window") else "")
         + f"; partial transcripts {'on' if cfg is None or cfg.partials else 'off'}; end of turn after "
-        f"{cfg.commit_question if cfg else '?'} s of silence when the words read as a finished question, "
-        f"{cfg.commit_silence if cfg else '?'} s as another finished sentence, else "
-        f"{cfg.endpoint.end_of_turn if cfg else '?'} s. Times in ms; packets timed on arrival at the customer; "
-        f"TTS cache hits during the timed turns: {extra.get('tts_cache_hits', '?')} (the answer's first piece, "
-        "synthesised by the server during that turn's end-of-turn wait: see below; the customer's clips were "
-        "cleared from the cache first)."
-    )
-    totals = [t.total for t in turns]
-    lines += ["", "| end of speech to first avatar audio | median | p95 |", "|---|---|---|"]
-    lines.append(f"| total | {stats(totals)} |")
-    keys = list(turns[0].steps()) if turns else []
-    for key in keys:
-        lines.append(f"| {key} | {stats([t.steps()[key] for t in turns])} |")
-    lines.append(
-        f"| (recognition time, overlapping the end of turn) | {stats([t.recognition for t in turns])} |"
-    )
-    early = sum(1 for t in turns if t.how == "early")
-    reused = sum(1 for t in turns if t.reused)
-    right = sum(1 for t in turns if t.heard.strip().lower().rstrip("?.!") == t.text.lower().rstrip("?.!"))
-    lines += [
-        "",
-        f"Turns taken on finished words: {early}/{len(turns)}; speculative recognition reused: "
-        f"{reused}/{len(turns)}; transcripts exactly right (case and end punctuation aside): "
-        f"{right}/{len(turns)}."
-        + (
-            f" Recognitions per turn: {extra['recognitions']['speculative'] / len(turns):.1f} speculative "
-            f"(the one that became the turn's transcript included) and "
-            f"{extra['recognitions']['partial'] / len(turns):.1f} partial."
-            if turns and "recognitions" in extra
-            else ""
-        ),
+        f"{cfg.commit_question if cfg else '?'} s of silence after the end of the sound when the words read as a "
+        f"finished question, {cfg.commit_silence if cfg else '?'} s as another finished sentence, else "
+        f"{cfg.endpoint.end_of_turn if cfg else '?'} s after the VAD's end of speech. Times in ms; packets timed "
+        "on arrival at the customer.",
     ]
+    header = " | ".join(f"{driver}: median | p95" for driver, _, _ in runs)
+    lines += ["", f"| end of speech to first avatar audio | {header} |", "|---|" + "---|---|" * len(runs)]
+    lines.append("| total | " + " | ".join(stats([t.total for t in turns]) for _, turns, _ in runs) + " |")
+    keys = next((list(turns[0].steps()) for _, turns, _ in runs if turns), [])
+    for key in keys:
+        lines.append(
+            f"| {key} | " + " | ".join(stats([t.steps()[key] for t in turns]) for _, turns, _ in runs) + " |"
+        )
+    lines.append(
+        "| (recognition time, overlapping the end of turn) | "
+        + " | ".join(stats([t.recognition for t in turns]) for _, turns, _ in runs)
+        + " |"
+    )
+    lines.append("")
+    for driver, turns, run_extra in runs:
+        if not turns:
+            continue
+        early = sum(1 for t in turns if t.how == "early")
+        reused = sum(1 for t in turns if t.reused)
+        right = sum(1 for t in turns if t.heard.strip().lower().rstrip("?.!") == t.text.lower().rstrip("?.!"))
+        note = (
+            f"- *{driver}*: turns taken on finished words {early}/{len(turns)}; speculative recognition reused "
+            f"{reused}/{len(turns)}; transcripts exactly right (case and end punctuation aside) {right}/{len(turns)}"
+        )
+        if "recognitions" in run_extra:
+            spoken = run_extra["recognitions"]
+            note += (
+                f"; recognitions per turn: {spoken['speculative'] / len(turns):.1f} speculative (the one that "
+                f"became the turn's transcript included) and {spoken['partial'] / len(turns):.1f} partial"
+            )
+        note += (
+            f"; TTS cache hits {run_extra.get('tts_cache_hits', '?')} (first pieces of planned answers, "
+            "synthesised during the turn's end-of-turn wait; the customer's clips were cleared from the cache "
+            "first)"
+        )
+        if run_extra.get("handoffs"):
+            reasons = ", ".join(sorted(set(run_extra["handoffs"])))
+            note += (
+                f". The brain handed over {len(run_extra['handoffs'])} times ({reasons}): the timed answer is "
+                "then its handover line, and an operator released the waiting session before the next question"
+            )
+        lines.append(note + ".")
     if trials:
         groups = [
             [t for t in trials if t.ignore_backchannel],
@@ -494,7 +539,8 @@ def section(turns: list[VoiceTurn], trials: list[BargeTrial], extra: dict[str, A
         lines += [
             "",
             f"{len(groups[0])} trials per setting (`ignore_backchannel`, configured: "
-            f"{extra['config'].bargein.ignore_backchannel}): the customer cuts in 1.5 s into a 5.5 s reply. "
+            f"{extra['config'].bargein.ignore_backchannel}), in the {runs[-1][0]} driver's run: the customer "
+            "cuts in 1.5 s into a 5.5 s reply (a long question said back). "
             "Ignoring backchannels means waiting until the speech is longer than one "
             f"({extra['config'].bargein.backchannel_max} s) unless a partial transcript shows other words first.",
         ]
@@ -545,7 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--turns", type=int, default=20, help="questions timed (>= 1; up to 20 distinct)")
     parser.add_argument("--barge-ins", type=int, default=10, help="barge-in trials")
-    parser.add_argument("--driver", choices=("echo", "brain"), default="echo", help="who answers")
+    parser.add_argument(
+        "--drivers",
+        default="brain,echo",
+        help="who answers, one run each, comma-separated (brain, echo); barge-ins run with the last",
+    )
     parser.add_argument("--no-partials", action="store_true", help="no partial transcripts while speaking")
     parser.add_argument("--no-write", action="store_true", help="print only, leave BENCHMARKS.md alone")
     parser.add_argument(
@@ -558,6 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.turns <= len(QUESTIONS) or args.barge_ins < 0:
         parser.error(f"--turns must be within 1..{len(QUESTIONS)} and --barge-ins not negative")
+    drivers = [d.strip() for d in args.drivers.split(",") if d.strip()]
+    if not drivers or any(d not in DRIVER_WORDS for d in drivers) or len(set(drivers)) != len(drivers):
+        parser.error(f"--drivers takes some of {', '.join(DRIVER_WORDS)}, comma-separated, each once")
     settings = parse_settings(parser, args.set)
     given = "".join(
         f" --{name.replace('_', '-')}" + ("" if value is True else f" {value}")
@@ -565,15 +618,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value != parser.get_default(name) and name not in ("no_write", "set")
     ) + "".join(f" --set {item}" for item in args.set)
     bounded: Callable[..., Any] = h.bounded
-    turns, trials, extra = asyncio.run(
-        bounded(
-            run(args.turns, args.barge_ins, args.driver, not args.no_partials, settings),
-            1200.0,
-            "voice benchmark",
+    runs: list[tuple[str, list[VoiceTurn], dict[str, Any]]] = []
+    trials: list[BargeTrial] = []
+    for k, driver in enumerate(drivers):
+        last = k == len(drivers) - 1
+        print(f"== driver {driver}")
+        turns, driver_trials, extra = asyncio.run(
+            bounded(
+                run(args.turns, args.barge_ins if last else 0, driver, not args.no_partials, settings),
+                1200.0,
+                "voice benchmark",
+            )
         )
-    )
-    extra["driver"] = args.driver
-    text = section(turns, trials, extra, given)
+        runs.append((driver, turns, extra))
+        trials += driver_trials
+    text = section(runs, trials, given)
     print(text)
     if not args.no_write:
         write_section("voice", text)
