@@ -226,6 +226,8 @@ class ListenerConfig:
     silence_close_after: float = 60.0
     default_lang: str = "en"
     timer_step: float = 0.1
+    stall_after: float = 1.0  # no inbound audio this long: time goes on as silence (a stalled microphone)
+    link_timeout: float = 3.0  # no inbound audio this long after it flowed: the customer's link is lost
     resync: float = 0.2  # inbound audio arriving this much later than its pace is a gap: re-anchor
     drift: float = 5e-4  # how fast (s/s) the inbound timeline may slip later to follow clock drift
 
@@ -368,6 +370,7 @@ class Listener:
         self._pending_partial: str | None = None  # for the guard, applied in the worker
         self._in_dsp = False
         self._last_frame_at = self.clock.time()
+        self._heard_any = False  # inbound audio has arrived at least once
         self._lang = cfg.default_lang
         # The turn in progress.
         self._turn = 0
@@ -449,6 +452,9 @@ class Listener:
         finally:
             self._in_dsp = False
         self._last_frame_at = now
+        self._heard_any = True
+        if self.session.link_lost_at is not None:
+            self.session.link_back()
         for result in results:
             self._on_window(result)
 
@@ -851,11 +857,23 @@ class Listener:
             self.tick()
 
     def tick(self) -> None:
-        """Timer work: end a turn when the microphone stalls, and the silence prompts."""
+        """Timer work: end a turn when the microphone stalls (``stall_after``), stop the avatar
+        when the customer's audio has stopped arriving (``link_timeout``), the silence prompts."""
         now = self.clock.time()
-        if not self._in_dsp and now - self._last_frame_at > 2.5 * self.config.timer_step:
+        cfg = self.config
+        if not self._in_dsp and now - self._last_frame_at > cfg.stall_after:
             self._handle(self.endpointer.tick(now))
             self._maybe_commit_early()
+            if (
+                self._heard_any
+                and now - self._last_frame_at > cfg.link_timeout
+                and self.session.link_lost_at is None
+            ):
+                # Audio flowed and stopped (a muted microphone still sends silence): the network
+                # is gone, and the avatar's voice with it. Stop talking into it, and keep the
+                # audit trail to what the customer can have heard.
+                self.endpointer.reset()
+                self.session.lose_link(self._last_frame_at)
         if (
             self.session.activity == "listening"
             and not self.endpointer.in_turn
@@ -875,6 +893,8 @@ class Listener:
         typing, a turn being answered, the avatar speaking (but not its own prompt)."""
         cfg = self.config
         session = self.session
+        if session.link_lost_at is not None:
+            return  # nobody to prompt: the customer's audio has stopped arriving
         own = any(line.done is not None and not line.done.done() for line in self._own_lines)
         busy = (
             (session.speaker.busy and not own)

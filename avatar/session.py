@@ -98,6 +98,9 @@ class Session:
         self.last_reply: dict[str, Any] | None = None  # the brain's last reply (for operators)
         self.handoff_reason: str | None = None  # set while the session waits for a human
         self.customer_id: str | None = None  # the bank's customer id, when the page passes one
+        #: Stage-clock time the customer stopped being heard, while their audio has stopped
+        #: arriving (``lose_link``); ``None`` while it flows.
+        self.link_lost_at: float | None = None
         self._lines: list[Line] = []  # lines said and not yet finished (word boundaries)
         # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
         self.recorders: list[Callable[[Session, TranscriptEntry], None]] = []
@@ -189,6 +192,28 @@ class Session:
             # 20 ms frame after it (the word is always whole).
             await self.stage.clock.sleep_until(end)
         return self.interrupt()
+
+    def lose_link(self, at: float) -> Line | None:
+        """The customer's audio stopped arriving at stage-clock time ``at`` and has not come back
+        (a network cut, most likely: what the avatar sends goes nowhere either). The avatar stops,
+        and the line in progress is recorded as heard up to ``at``, marked interrupted, not up
+        to now; an answer being decided is dropped. Returns the line cut, if any."""
+        self.link_lost_at = at
+        cut = self.interrupt() if self.speaker.busy or self._replies else None
+        if cut is not None:
+            cut.cut_back(int(at * AUDIO_RATE))
+        log.warning(
+            "session %s: no audio from the customer since %.1f s ago: connection lost? the avatar stopped",
+            self.id,
+            self.stage.clock.time() - at,
+        )
+        return cut
+
+    def link_back(self) -> None:
+        """The customer's audio arrives again after ``lose_link``."""
+        if self.link_lost_at is not None:
+            log.info("session %s: the customer's audio is back", self.id)
+            self.link_lost_at = None
 
     def interrupt(self) -> Line | None:
         """Stop the avatar at once: cancel the driver's answer in progress (so it cannot queue

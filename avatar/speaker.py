@@ -42,6 +42,13 @@ class Line:
     done: asyncio.Future[None] | None = None
     interrupted: bool = False
 
+    def cut_back(self, sample: int) -> None:
+        """Count nothing after stage sample ``sample`` as heard (it was sent, but the customer
+        had stopped receiving: ``Session.lose_link``)."""
+        for seg in self.segments:
+            played_to = seg.cut_at if seg.cut_at is not None else seg.end
+            seg.cut_at = max(seg.start, min(played_to, sample))
+
     def heard_text(self) -> str:
         """What the listener actually heard (by word timing) when the line was cut."""
         words: list[str] = []

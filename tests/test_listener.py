@@ -654,6 +654,32 @@ async def test_a_silent_customer_is_prompted_then_told_goodbye(vad: VoiceActivit
         await rig.close()
 
 
+async def test_the_avatar_stops_when_the_customers_audio_stops_arriving(vad: VoiceActivityDetector) -> None:
+    """The customer's audio stops arriving while the avatar speaks (their network died; a muted
+    microphone still sends silence): after ``link_timeout`` the avatar stops, and the transcript
+    keeps the line as heard up to the last audio that came, marked interrupted, not as said
+    whole into the void. When audio comes back, the session carries on."""
+    rig = make_rig(vad, Scripted(""), source=LineSource())  # 0.1 s per word
+    try:
+        await rig.play(silence(0.5))
+        rig.session.say(" ".join(f"word{i}" for i in range(60)))  # 6 s
+        await rig.play(silence(1.0))  # a second of it while the customer's audio flows
+        lost_at = rig.session.stage.clock.time()
+        await rig.fake.run_for(2.5)
+        assert rig.session.link_lost_at is None and rig.session.speaker.state == "speaking"
+        await rig.fake.run_for(1.0)  # no audio for 3.5 s: past link_timeout (3 s)
+        assert rig.session.link_lost_at == pytest.approx(lost_at, abs=0.03)
+        assert rig.session.speaker.state == "idle"
+        await rig.settle()
+        entry = rig.session.transcript[-1]
+        assert entry.speaker == "ai" and entry.interrupted
+        assert 6 <= len(entry.text.split()) <= 12  # about 1 s of words, not the 4 s sent since
+        await rig.play(silence(0.2))
+        assert rig.session.link_lost_at is None
+    finally:
+        await rig.close()
+
+
 async def test_silence_timers_run_without_microphone_frames(vad: VoiceActivityDetector) -> None:
     """A stalled microphone (no frames at all) still gets the prompt: the timers run on the
     stage clock, not on inbound audio."""
