@@ -227,7 +227,6 @@ class ListenerConfig:
     default_lang: str = "en"
     timer_step: float = 0.1
     stall_after: float = 1.0  # no inbound audio this long: time goes on as silence (a stalled microphone)
-    link_timeout: float = 3.0  # no inbound audio this long after it flowed: the customer's link is lost
     resync: float = 0.2  # inbound audio arriving this much later than its pace is a gap: re-anchor
     drift: float = 5e-4  # how fast (s/s) the inbound timeline may slip later to follow clock drift
 
@@ -370,7 +369,6 @@ class Listener:
         self._pending_partial: str | None = None  # for the guard, applied in the worker
         self._in_dsp = False
         self._last_frame_at = self.clock.time()
-        self._heard_any = False  # inbound audio has arrived at least once
         self._lang = cfg.default_lang
         # The turn in progress.
         self._turn = 0
@@ -452,9 +450,7 @@ class Listener:
         finally:
             self._in_dsp = False
         self._last_frame_at = now
-        self._heard_any = True
-        if self.session.link_lost_at is not None:
-            self.session.link_back()
+        self.session.customer_heard(now)
         for result in results:
             self._on_window(result)
 
@@ -858,22 +854,18 @@ class Listener:
 
     def tick(self) -> None:
         """Timer work: end a turn when the microphone stalls (``stall_after``), stop the avatar
-        when the customer's audio has stopped arriving (``link_timeout``), the silence prompts."""
+        when nothing comes from the customer (``Session.link_timeout``), the silence prompts."""
         now = self.clock.time()
         cfg = self.config
         if not self._in_dsp and now - self._last_frame_at > cfg.stall_after:
             self._handle(self.endpointer.tick(now))
             self._maybe_commit_early()
-            if (
-                self._heard_any
-                and now - self._last_frame_at > cfg.link_timeout
-                and self.session.link_lost_at is None
-            ):
-                # Audio flowed and stopped (a muted microphone still sends silence): the network
-                # is gone, and the avatar's voice with it. Stop talking into it, and keep the
-                # audit trail to what the customer can have heard.
+            # Audio flowed and stopped (a muted microphone still sends silence): with nothing
+            # else from the customer either, the network is gone (``Session.check_link``).
+            lost = self.session.link_lost_at
+            self.session.check_link(now)
+            if lost is None and self.session.link_lost_at is not None:
                 self.endpointer.reset()
-                self.session.lose_link(self._last_frame_at)
         if (
             self.session.activity == "listening"
             and not self.endpointer.in_turn

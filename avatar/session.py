@@ -98,8 +98,12 @@ class Session:
         self.last_reply: dict[str, Any] | None = None  # the brain's last reply (for operators)
         self.handoff_reason: str | None = None  # set while the session waits for a human
         self.customer_id: str | None = None  # the bank's customer id, when the page passes one
-        #: Stage-clock time the customer stopped being heard, while their audio has stopped
-        #: arriving (``lose_link``); ``None`` while it flows.
+        #: Stage-clock time the customer was last heard from: their microphone's audio, or a
+        #: receiver report on the avatar's media (``avatar.rtc.link``); ``None`` before either.
+        self.heard_at: float | None = None
+        #: Seconds of nothing from the customer after which their link is taken as lost.
+        self.link_timeout = 3.0
+        #: ``heard_at`` when the link was taken as lost (``lose_link``); ``None`` while it holds.
         self.link_lost_at: float | None = None
         self._lines: list[Line] = []  # lines said and not yet finished (word boundaries)
         # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
@@ -193,9 +197,21 @@ class Session:
             await self.stage.clock.sleep_until(end)
         return self.interrupt()
 
+    def customer_heard(self, at: float) -> None:
+        """Something from the customer arrived at stage-clock time ``at``."""
+        if self.heard_at is None or at > self.heard_at:
+            self.heard_at = at
+            if self.link_lost_at is not None and at > self.link_lost_at:
+                self.link_back()
+
+    def check_link(self, now: float) -> None:
+        """Take the link as lost when nothing came from the customer for ``link_timeout``."""
+        if self.heard_at is not None and self.link_lost_at is None and now - self.heard_at > self.link_timeout:
+            self.lose_link(self.heard_at)
+
     def lose_link(self, at: float) -> Line | None:
-        """The customer's audio stopped arriving at stage-clock time ``at`` and has not come back
-        (a network cut, most likely: what the avatar sends goes nowhere either). The avatar stops,
+        """Nothing has come from the customer since stage-clock time ``at`` (a network cut, most
+        likely: what the avatar sends goes nowhere either). The avatar stops,
         and the line in progress is recorded as heard up to ``at``, marked interrupted, not up
         to now; an answer being decided is dropped. Returns the line cut, if any."""
         self.link_lost_at = at
@@ -203,16 +219,16 @@ class Session:
         if cut is not None:
             cut.cut_back(int(at * AUDIO_RATE))
         log.warning(
-            "session %s: no audio from the customer since %.1f s ago: connection lost? the avatar stopped",
+            "session %s: nothing from the customer for %.1f s: connection lost? the avatar stopped",
             self.id,
             self.stage.clock.time() - at,
         )
         return cut
 
     def link_back(self) -> None:
-        """The customer's audio arrives again after ``lose_link``."""
+        """The customer is heard from again after ``lose_link``."""
         if self.link_lost_at is not None:
-            log.info("session %s: the customer's audio is back", self.id)
+            log.info("session %s: the customer is back", self.id)
             self.link_lost_at = None
 
     def interrupt(self) -> Line | None:

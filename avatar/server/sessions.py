@@ -18,6 +18,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from avatar.clock import MediaClock
 from avatar.config import Settings
 from avatar.drivers import make_driver
+from avatar.rtc.link import watch_link
 from avatar.rtc.peer import (
     UnusableOffer,
     answer_offer,
@@ -163,6 +164,7 @@ class SessionManager:
         self.sessions[session.id] = session
         self.peers[session.id] = peer
         session.start()
+        session.spawn(watch_link(session, pc), "link")  # the customer's receiver reports
         for hook in list(self.on_session_start):
             hook(session)
         log.info("session %s started (avatar %s)", session.id, avatar)

@@ -1,0 +1,64 @@
+"""Whether the customer is still receiving the avatar: their receiver reports, watched.
+
+A browser reports on what it receives (RTCP receiver reports) several times a second for the
+avatar's video (Chrome: about every 0.2 s; every 5 s for audio), and aiortc records when the
+last report for each of our senders came (``RTCRemoteInboundRtpStreamStats.timestamp``, the
+public ``getStats()``). When the customer's network dies, the reports stop, but ICE notices
+only after its consent checks have failed for about 30 s, and meanwhile the avatar would
+talk into the void while the audit trail recorded every word as said.
+
+``watch_link`` polls those timestamps and tells the session when the customer was last heard
+from (``Session.customer_heard``; the listener adds their microphone's audio), and the session
+decides the link is lost after ``Session.link_timeout`` of nothing (``Session.check_link``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from avatar.session import Session
+
+POLL = 0.5  # seconds between looks at the senders' stats
+
+
+async def last_report(pc: Any) -> datetime.datetime | None:
+    """When the latest receiver report for any of ``pc``'s senders arrived (aware, UTC), or
+    ``None`` before the first."""
+    latest: datetime.datetime | None = None
+    for sender in pc.getSenders():
+        if sender.track is None:
+            continue
+        with contextlib.suppress(Exception):  # a sender whose transport is closing has no stats
+            for stats in (await sender.getStats()).values():
+                if getattr(stats, "type", None) == "remote-inbound-rtp":
+                    stamp = stats.timestamp
+                    if latest is None or stamp > latest:
+                        latest = stamp
+    return latest
+
+
+async def watch_link(
+    session: Session,
+    pc: Any,
+    *,
+    poll: float = POLL,
+    utcnow: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC),
+) -> None:
+    """Until cancelled (the session owns the task): every ``poll`` seconds, hand the session the
+    stage-clock time of the customer's latest receiver report and let it check its link."""
+    clock = session.stage.clock
+    seen: datetime.datetime | None = None
+    while True:
+        await asyncio.sleep(poll)
+        stamp = await last_report(pc)
+        now = clock.time()
+        if stamp is not None and stamp != seen:
+            seen = stamp
+            age = max(0.0, (utcnow() - stamp).total_seconds())
+            session.customer_heard(now - age)
+        session.check_link(now)

@@ -1,0 +1,114 @@
+"""A customer who vanishes (their network dies) is not talked at: the avatar stops once their
+receiver reports stop coming (``avatar.rtc.link``), and the audit trail keeps the line as heard
+up to then, marked interrupted, long before ICE would notice (about 30 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from aiortc import RTCPeerConnection
+
+from avatar.rtc.link import last_report, watch_link
+from tests.rtc_client import RtcCustomer
+
+LONG_LINE = (
+    "Thank you for waiting. I am going to read you the terms of your new savings account. "
+    "The interest rate is variable and is paid every month into the account you choose. "
+    "You may take money out at any time without a fee, up to six times a year. "
+    "Statements are sent every quarter, and you can see every payment in the app at any time."
+)
+
+
+def cut_network(pc: RTCPeerConnection) -> int:
+    """Abort every UDP socket of ``pc``'s ICE transports: nothing is sent or received any more,
+    and nothing says goodbye (no DTLS close, no SCTP abort, no consent answers)."""
+    transports = {id(t.receiver.transport.transport): t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports[id(pc.sctp.transport.transport)] = pc.sctp.transport.transport
+    aborted = 0
+    for ice in transports.values():
+        for protocol in list(ice._connection._protocols):
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+                aborted += 1
+    return aborted
+
+
+async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient, auth: dict[str, str]) -> None:
+    customer = RtcCustomer()  # no microphone: only its receiver reports say it is there
+    resp = await client.post("/api/offer", json=await customer.offer())
+    assert resp.status == 200, await resp.text()
+    answer = await resp.json()
+    await customer.accept(answer)
+    sid = answer["session_id"]
+    try:
+        await asyncio.wait_for(customer.channel_open.wait(), 20)
+        resp = await client.post(f"/api/sessions/{sid}/say", json={"text": LONG_LINE}, headers=auth)
+        assert resp.status == 200, await resp.text()
+        await customer.wait_for_event(lambda e: e["type"] == "caption", within=30)
+        await asyncio.sleep(1.5)  # a few words in
+        assert cut_network(customer.pc) > 0
+        loop = asyncio.get_running_loop()
+        cut_at = loop.time()
+        said: list[dict[str, Any]] = []
+        while loop.time() - cut_at < 20 and not said:  # ICE would take about 30 s
+            await asyncio.sleep(0.25)
+            resp = await client.get(f"/api/sessions/{sid}/transcript", headers=auth)
+            assert resp.status == 200
+            said = [e for e in (await resp.json())["transcript"] if e["speaker"] == "ai"]
+        assert said, "the line was still being said into the dead connection 20 s later"
+        (line,) = said
+        assert line["interrupted"]
+        heard = line["text"].split()
+        assert 0 < len(heard) < len(LONG_LINE.split()) // 2
+        assert LONG_LINE.startswith(line["text"])
+    finally:
+        await customer.close()
+
+
+class _Sender:
+    def __init__(self, stamps: list[datetime.datetime]) -> None:
+        self.track = object()
+        self.stamps = stamps
+
+    async def getStats(self) -> dict[str, Any]:
+        return {
+            str(i): SimpleNamespace(type="remote-inbound-rtp", timestamp=stamp) for i, stamp in enumerate(self.stamps)
+        }
+
+
+async def test_receiver_reports_tell_the_session_when_the_customer_was_last_heard_from() -> None:
+    now = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.UTC)
+    audio = _Sender([now - datetime.timedelta(seconds=4.0)])
+    video = _Sender([now - datetime.timedelta(seconds=0.5)])
+    pc = SimpleNamespace(getSenders=lambda: [audio, video, SimpleNamespace(track=None)])
+    assert await last_report(pc) == now - datetime.timedelta(seconds=0.5)
+    assert await last_report(SimpleNamespace(getSenders=lambda: [])) is None
+
+    heard: list[float] = []
+    checked: list[float] = []
+    three = asyncio.Event()
+
+    def check_link(at: float) -> None:
+        checked.append(at)
+        if len(checked) >= 3:
+            three.set()
+
+    session: Any = SimpleNamespace(
+        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
+        customer_heard=heard.append,
+        check_link=check_link,
+    )
+    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: now))
+    try:
+        await asyncio.wait_for(three.wait(), 10)
+    finally:
+        task.cancel()
+    # The latest report, placed on the stage clock, once (it did not change); checked each poll.
+    assert heard == [99.5]
+    assert checked[:3] == [100.0, 100.0, 100.0]
