@@ -156,6 +156,12 @@ async def say(request: web.Request) -> web.Response:
     lang = field(body, "lang", str, required=False)
     if lang not in (None, "en", "zh"):
         raise web.HTTPBadRequest(text="'lang' must be \"en\" or \"zh\"")
+    if session.link_lost_at is not None:
+        # Said now, it would be recorded as said and heard by nobody (avatar.rtc.link).
+        lost_for = session.stage.clock.time() - session.link_lost_at
+        raise web.HTTPConflict(
+            text=f"the customer's connection is lost (nothing from them for {lost_for:.0f} s): the line was not said"
+        )
     session.say(text, interrupt=interrupt, lang=lang, speaker=speaker)
     return web.json_response({"status": "speaking" if interrupt else "queued", "session_id": session.id})
 
