@@ -109,6 +109,8 @@ class Session:
         # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
         self.recorders: list[Callable[[Session, TranscriptEntry], None]] = []
         self.handoff_listeners: list[Callable[[Session, str], None]] = []
+        #: Told when the customer's link is taken as lost: (session, queued lines dropped unsaid).
+        self.link_listeners: list[Callable[[Session, list[Line]], None]] = []
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -215,14 +217,21 @@ class Session:
         and the line in progress is recorded as heard up to ``at``, marked interrupted, not up
         to now; an answer being decided is dropped. Returns the line cut, if any."""
         self.link_lost_at = at
-        cut = self.interrupt() if self.speaker.busy or self._replies else None
+        talking = self.speaker.busy or bool(self._replies)
+        cut = self.interrupt() if talking else None
         if cut is not None:
             cut.cut_back(int(at * AUDIO_RATE))
+        dropped = list(self.speaker.dropped) if talking else []
         log.warning(
             "session %s: nothing from the customer for %.1f s: connection lost? the avatar stopped",
             self.id,
             self.stage.clock.time() - at,
         )
+        for listener in list(self.link_listeners):
+            try:
+                listener(self, dropped)
+            except Exception:
+                log.exception("session %s: link listener failed", self.id)
         return cut
 
     def link_back(self) -> None:

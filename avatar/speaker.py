@@ -70,6 +70,8 @@ class Speaker:
         self._line_task: asyncio.Task[None] | None = None
         self.state = "idle"
         self.on_line_done: Callable[[Line], None] | None = None
+        #: The queued lines the latest ``interrupt`` dropped before a word of them was said.
+        self.dropped: list[Line] = []
 
     def start(self) -> None:
         if self._task is None:
@@ -102,8 +104,10 @@ class Speaker:
         cut = self._current
         if self._line_task is not None:
             self._line_task.cancel()
+        self.dropped = []
         while not self._queue.empty():
             dropped = self._queue.get_nowait()
+            self.dropped.append(dropped)
             dropped.interrupted = True
             if dropped.done is not None and not dropped.done.done():
                 dropped.done.set_result(None)

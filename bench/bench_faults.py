@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import re
 import signal
@@ -169,10 +170,21 @@ def words(text: str) -> list[str]:
     return re.findall(r"[\w']+", text.lower())
 
 
-def check_acknowledged(case: Case, utterances: list[dict[str, Any]]) -> None:
+def check_acknowledged(case: Case, utterances: list[dict[str, Any]], events: list[dict[str, Any]]) -> None:
     """Every acknowledged line must have a row: said whole, or cut and marked interrupted (its
-    text then being the words heard, the first words of the line)."""
+    text then being the words heard, the first words of the line), or be named as not said in
+    the ``link_lost`` event of a customer whose connection died (``avatar.rtc.link``)."""
+    not_said = {
+        text
+        for e in events
+        if e["kind"] == "link_lost"
+        for text in (json.loads(e["detail"]) if isinstance(e["detail"], str) else e["detail"] or {}).get(
+            "not_said", []
+        )
+    }
     for speaker, text in case.acknowledged:
+        if speaker == "ai" and text in not_said:
+            continue
         rows = [u for u in utterances if u["speaker"] == speaker]
         whole = any(u["text"] == text for u in rows)
         line = words(text)
@@ -349,8 +361,15 @@ async def case_network() -> Case:
             after = await settle_tasks(http, server, before, within=20.0)
             case.tasks.append(("server", before, after))
             await flush_store(http, server, sid)
-            utterances, _ = audit_trail(server.data_dir, sid)
-            check_acknowledged(case, utterances)
+            utterances, events = audit_trail(server.data_dir, sid)
+            check_acknowledged(case, utterances, events)
+            for event in (e for e in events if e["kind"] == "link_lost"):
+                detail = json.loads(event["detail"]) if isinstance(event["detail"], str) else event["detail"] or {}
+                case.note(
+                    "the server took the customer's connection as lost (their receiver reports stopped), stopped "
+                    f"the avatar and named {len(detail.get('not_said', []))} queued line(s) as not said in the "
+                    "audit trail's link_lost event"
+                )
             case.details += store_errors(server)
             long_rows = [u for u in utterances if LONG_LINE.startswith(u["text"]) and u["speaker"] == "ai"
                          and u["text"] and len(u["text"]) > 40]
@@ -507,7 +526,7 @@ async def case_browser() -> Case:
             case.tasks.append(("server", before, after))
             await flush_store(http, server, sid)
             utterances, events = audit_trail(server.data_dir, sid)
-            check_acknowledged(case, utterances)
+            check_acknowledged(case, utterances, events)
             case.details += store_errors(server)
             kinds = [(e["kind"], e["detail"]) for e in events]
             case.note(f"audit events: {', '.join(k + (' ' + d if d not in ('{}', None) else '') for k, d in kinds)}")
@@ -787,7 +806,7 @@ async def run_redis_case(
         case.stuck.append("the session was still live on A or listed on B 30 s after the customer left")
     await flush_store(http, a, sid)
     utterances, events = audit_trail(a.data_dir, sid)
-    check_acknowledged(case, utterances)
+    check_acknowledged(case, utterances, events)
     case.details += store_errors(a)
     case.note(f"audit events on A: {', '.join(e['kind'] for e in events)}")
     case.details.append(f"Stored on A: {short(utterances)}.")

@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection
 
 from avatar.rtc.link import last_report, watch_link
+from avatar.server.operator_routes import OPERATORS
 from tests.rtc_client import RtcCustomer
 
 LONG_LINE = (
@@ -21,6 +22,9 @@ LONG_LINE = (
     "You may take money out at any time without a fee, up to six times a year. "
     "Statements are sent every quarter, and you can see every payment in the app at any time."
 )
+
+
+AFTER_CUT = "Is there anything else I can help you with?"
 
 
 def cut_network(pc: RTCPeerConnection) -> int:
@@ -53,6 +57,9 @@ async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient
         await customer.wait_for_event(lambda e: e["type"] == "caption", within=30)
         await asyncio.sleep(1.5)  # a few words in
         assert cut_network(customer.pc) > 0
+        # Sent before the server can know: acknowledged and queued, then not said to nobody.
+        resp = await client.post(f"/api/sessions/{sid}/say", json={"text": AFTER_CUT}, headers=auth)
+        assert resp.status == 200, await resp.text()
         loop = asyncio.get_running_loop()
         cut_at = loop.time()
         said: list[dict[str, Any]] = []
@@ -68,6 +75,12 @@ async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient
         assert 0 < len(heard) < len(LONG_LINE.split()) // 2
         spoken = [w.strip(".,").lower() for w in LONG_LINE.split()]
         assert [w.lower() for w in heard] == spoken[: len(heard)]  # the words heard, in order
+        # The audit trail says the connection was lost, and which acknowledged line was not said.
+        store = client.app[OPERATORS].store
+        store.flush()
+        (event,) = store.events(sid, kind="link_lost")
+        assert event.detail is not None and event.detail["not_said"] == [AFTER_CUT]
+        assert not any(e["text"] == AFTER_CUT for e in said)
         # A line sent now would go nowhere: refused, not recorded as said.
         resp = await client.post(f"/api/sessions/{sid}/say", json={"text": "Are you there?"}, headers=auth)
         assert resp.status == 409 and "connection is lost" in await resp.text()

@@ -40,6 +40,7 @@ from avatar.store import Store, Utterance
 
 if TYPE_CHECKING:
     from avatar.session import Driver, Session, TranscriptEntry
+    from avatar.speaker import Line
 
 log = logging.getLogger(__name__)
 
@@ -189,6 +190,7 @@ class TakeoverDesk:
         self.seats[session.id] = seat
         session.recorders.append(self._on_utterance)
         session.handoff_listeners.append(self._on_handoff)
+        session.link_listeners.append(self._on_link_lost)
         session.add_sink(lambda message: self._on_session_event(session.id, message))
         self.publish_session(session.id)
 
@@ -291,6 +293,13 @@ class TakeoverDesk:
         seat.waiting_since = None
         seat.session.handoff_reason = None
         seat.session.driver = seat.ai_driver
+
+    def _on_link_lost(self, session: Session, dropped: list[Line]) -> None:
+        """The customer's connection is lost (``Session.lose_link``): the audit trail says so, and
+        names the queued lines that were then not said (acknowledged, so not silently gone)."""
+        lost_for = session.stage.clock.time() - (session.link_lost_at or 0.0)
+        detail = {"silent_for": round(lost_for, 1), "not_said": [line.text for line in dropped]}
+        self._record_event("link_lost", session.id, None, detail)
 
     # -- waiting for a human ---------------------------------------------------------------------
     def _on_handoff(self, session: Session, reason: str) -> None:
