@@ -118,6 +118,7 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
 
     session: Any = SimpleNamespace(
         stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
+        link_timeout=3.0,
         customer_heard=heard.append,
         check_link=check_link,
     )
@@ -129,3 +130,33 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
     # The latest report, placed on the stage clock, once (it did not change); checked each poll.
     assert heard == [99.5]
     assert checked[:3] == [100.0, 100.0, 100.0]
+
+
+async def test_a_peer_that_reports_rarely_is_given_longer() -> None:
+    """Chrome reports on audio only every 5 s: a customer whose reports come that seldom is not
+    taken as gone between two of them (the timeout follows GAPS times their usual gap)."""
+    start = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.UTC)
+    audio = _Sender([start])
+    pc = SimpleNamespace(getSenders=lambda: [audio])
+    polls = asyncio.Event()
+    count = 0
+
+    def check_link(at: float) -> None:
+        nonlocal count
+        count += 1
+        audio.stamps = [start + datetime.timedelta(seconds=5.0 * count)]  # the next report, 5 s on
+        if count >= 6:
+            polls.set()
+
+    session: Any = SimpleNamespace(
+        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
+        link_timeout=3.0,
+        customer_heard=lambda at: None,
+        check_link=check_link,
+    )
+    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: start))
+    try:
+        await asyncio.wait_for(polls.wait(), 10)
+    finally:
+        task.cancel()
+    assert session.link_timeout == 20.0

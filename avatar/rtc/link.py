@@ -9,7 +9,8 @@ talk into the void while the audit trail recorded every word as said.
 
 ``watch_link`` polls those timestamps and tells the session when the customer was last heard
 from (``Session.customer_heard``; the listener adds their microphone's audio), and the session
-decides the link is lost after ``Session.link_timeout`` of nothing (``Session.check_link``).
+decides the link is lost after ``Session.link_timeout`` of nothing (``Session.check_link``):
+3 s, or ``GAPS`` times the customer's usual gap between reports if that is longer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
     from avatar.session import Session
 
 POLL = 0.5  # seconds between looks at the senders' stats
+#: The link is taken as lost after this many of the customer's usual gaps between reports (and
+#: never sooner than ``Session.link_timeout``'s default): a peer that reports on audio only
+#: (Chrome: every 5 s) is not given up on between two of its reports.
+GAPS = 4.0
 
 
 async def last_report(pc: Any) -> datetime.datetime | None:
@@ -52,12 +57,18 @@ async def watch_link(
     """Until cancelled (the session owns the task): every ``poll`` seconds, hand the session the
     stage-clock time of the customer's latest receiver report and let it check its link."""
     clock = session.stage.clock
+    floor = session.link_timeout
     seen: datetime.datetime | None = None
+    gap: float | None = None  # the customer's usual time between reports (a running mean)
     while True:
         await asyncio.sleep(poll)
         stamp = await last_report(pc)
         now = clock.time()
         if stamp is not None and stamp != seen:
+            if seen is not None:
+                step = (stamp - seen).total_seconds()
+                gap = step if gap is None else 0.8 * gap + 0.2 * step
+                session.link_timeout = max(floor, GAPS * gap)
             seen = stamp
             age = max(0.0, (utcnow() - stamp).total_seconds())
             session.customer_heard(now - age)
