@@ -253,6 +253,11 @@ async def test_a_redis_restart_loses_no_call(pair: tuple[Client, Client], redis_
         # Nor its transcript: not stored on B, and the registry cannot say where it is (not a 404).
         resp = await b.get(f"/api/sessions/{sid}/transcript", headers=alice)
         assert resp.status == 503 and "registry" in (await resp.json())["error"]
+        # B's desk list holds B's own sessions only, and says so (not a silently empty list).
+        listed = await (await b.get("/api/operator/sessions", headers=alice)).json()
+        assert listed["sessions"] == [] and "registry is unreachable" in listed["partial"]
+        listed = await (await a.get("/api/operator/sessions", headers=bob)).json()
+        assert [s["session_id"] for s in listed["sessions"]] == [sid] and "partial" in listed
 
         redis_server.start()  # back, empty
         cluster_b: Any = b.app[CLUSTER]
@@ -264,6 +269,8 @@ async def test_a_redis_restart_loses_no_call(pair: tuple[Client, Client], redis_
                 return False
 
         await eventually(found, within=20)
+        listed = await (await b.get("/api/operator/sessions", headers=alice)).json()
+        assert "partial" not in listed
         # The holder, the lock and alice's sign-in are back: B forwards, A refuses her (bob holds it).
         resp = await b.post(f"/api/sessions/{sid}/takeover", headers=alice)
         assert resp.status == 409 and "bob" in (await resp.json())["error"]

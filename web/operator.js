@@ -97,6 +97,7 @@
         ui.me.textContent = msg.operator; ui.link.classList.add("on");
         ui.signin.hidden = true; ui.desk.hidden = false;
         panel.sessions = {};
+        panel.partial = msg.partial || null;  // the list is one server's own (shared registry down)
         for (const s of msg.sessions) panel.sessions[s.session_id] = s;
         renderList();
         if (panel.selected && panel.sessions[panel.selected]) openSession(panel.selected); else closeDetail();
@@ -134,7 +135,7 @@
     const items = Object.values(panel.sessions).sort((a, b) => {
       const x = urgency(a), y = urgency(b); return x[0] - y[0] || x[1] - y[1];
     });
-    ui.count.textContent = `(${items.length})`;
+    ui.count.textContent = panel.partial ? `(${items.length}, ${panel.partial})` : `(${items.length})`;
     ui.list.replaceChildren(...items.map(card));
     if (!items.some((s) => s.control === "waiting")) ui.alert.hidden = true;
   }

@@ -287,19 +287,24 @@ def _urgency(item: dict[str, Any], now: float) -> tuple[int, float]:
     return (1 if control == "operator" else 2, -float(item.get("emotion") or 0.0))
 
 
-async def operator_view(app: web.Application, operator: str) -> tuple[list[str], list[dict[str, Any]]]:
+async def operator_view(
+    app: web.Application, operator: str
+) -> tuple[list[str], list[dict[str, Any]], str | None]:
     """What an operator's desk shows: the sessions ``operator`` holds and every live session of
-    every process, most urgent first."""
+    every process, most urgent first; and, when the list could only be this process's own (the
+    shared registry is unreachable), why, else ``None``."""
     from avatar.server.operator_routes import OPERATORS
 
     desk = app[OPERATORS].desk
     sessions = desk.summaries()
+    partial: str | None = None
     cluster = app.get(CLUSTER)
     if cluster is not None:
         try:
             remote = await cluster.sessions()
         except ClusterUnavailable as exc:
             log.warning("the session list shows this process only: %s", exc)
+            partial = "this server's sessions only: the shared session registry is unreachable"
             remote = []
         if remote:
             now = time.time()
@@ -312,7 +317,7 @@ async def operator_view(app: web.Application, operator: str) -> tuple[list[str],
                 key=lambda s: _urgency(s, now),
             )
     held = [str(s["session_id"]) for s in sessions if s.get("holder") == operator]
-    return held, sessions
+    return held, sessions, partial
 
 
 # -- forwarding ------------------------------------------------------------------------------------

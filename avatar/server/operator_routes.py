@@ -165,8 +165,11 @@ async def operator_sessions(request: web.Request) -> web.Response:
     from avatar.cluster.app import operator_view
 
     name = operator_of(request)
-    held, sessions = await operator_view(request.app, name)  # every server process's sessions
-    return web.json_response({"operator": name, "held": held, "sessions": sessions})
+    held, sessions, partial = await operator_view(request.app, name)  # every server process's sessions
+    body: dict[str, Any] = {"operator": name, "held": held, "sessions": sessions}
+    if partial is not None:
+        body["partial"] = partial  # the list is this process's own: say so, never a silent gap
+    return web.json_response(body)
 
 
 @routes.get("/api/sessions/{session_id}/transcript")
@@ -373,8 +376,11 @@ async def operator_ws(request: web.Request) -> web.WebSocketResponse:
     try:
         from avatar.cluster.app import operator_view
 
-        held, sessions = await operator_view(request.app, name)  # every server process's sessions
-        await ws.send_json({"type": "hello", "operator": name, "held": held, "sessions": sessions}, dumps=_dumps)
+        held, sessions, partial = await operator_view(request.app, name)  # every server process's sessions
+        hello: dict[str, Any] = {"type": "hello", "operator": name, "held": held, "sessions": sessions}
+        if partial is not None:
+            hello["partial"] = partial
+        await ws.send_json(hello, dumps=_dumps)
         pump = asyncio.create_task(_pump(ws, sub, ops, token), name=f"operator-ws:{name}")
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
