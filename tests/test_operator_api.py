@@ -192,6 +192,12 @@ async def test_one_operator_holds_several_sessions(client: TestClient) -> None: 
         await wait_until(lambda: all(any(u.speaker == "alice" for u in store.transcript(s)) for s in (sid1, sid2)))
         bad = await client.post("/api/operator/say", json={"sessions": [], "text": "x"}, headers=alice)
         assert bad.status == 400
+        # One customer's connection is lost (avatar.rtc.link): all or nothing, so nothing is said.
+        lost = ops(client).desk.seats[sid2].session
+        lost.lose_link(lost.stage.clock.time())
+        resp = await client.post("/api/operator/say", json={"sessions": [sid1, sid2], "text": "Hello?"}, headers=alice)
+        assert resp.status == 409 and sid2 in await resp.text() and "connection is lost" in await resp.text()
+        lost.link_back()
         # Logging out hands every held session back to the AI.
         out = await (await client.post("/api/operator/logout", headers=alice)).json()
         assert sorted(out["released"]) == sorted([sid1, sid2])

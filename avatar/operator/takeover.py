@@ -320,7 +320,8 @@ class TakeoverDesk:
         """Repeat the holding line while nobody has taken over and the avatar is quiet."""
         while seat.control is Control.WAITING:
             await self.sleep(self.holding_repeat)
-            if seat.control is Control.WAITING and not seat.session.speaker.busy:
+            quiet = not seat.session.speaker.busy and seat.session.link_lost_at is None  # someone to hear it
+            if seat.control is Control.WAITING and quiet:
                 seat.session.say(self.holding_line)
 
     def _stop_holding(self, seat: Seat) -> None:

@@ -245,6 +245,9 @@ async def say_many(request: web.Request) -> web.Response:
     not_held = [i for i in ids if desk.seats[i].holder != name]
     if not_held:
         raise web.HTTPConflict(text=f"operator {name!r} does not hold {', '.join(not_held)}")
+    unreachable = [i for i in ids if desk.seats[i].session.link_lost_at is not None]
+    if unreachable:
+        raise web.HTTPConflict(text=f"the customer's connection is lost in {', '.join(unreachable)}: nothing was said")
     for session_id in dict.fromkeys(ids):
         desk.seats[session_id].session.say(text, interrupt=interrupt, lang=lang, speaker=name)
     return web.json_response({"status": "speaking" if interrupt else "queued", "sessions": list(dict.fromkeys(ids))})
