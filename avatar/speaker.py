@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from avatar.speech.lang import is_han
 from avatar.stage import MouthCurve, Segment, Stage
 from avatar.timeline import Phoneme, SpeechChunk
 
@@ -29,6 +30,17 @@ class SpeechSource(Protocol):
 
 
 MouthBuilder = Callable[[list[Phoneme], float, str], MouthCurve]
+
+
+def join_words(words: list[str]) -> str:
+    """Words as text: a space between two words, none next to a Chinese one ("您好 welcome"
+    reads "您好welcome" as a Chinese writer would; a mixed line keeps each script's way)."""
+    text = ""
+    for word in words:
+        if text and word and not (is_han(text[-1]) or is_han(word[0])):
+            text += " "
+        text += word
+    return text
 
 
 @dataclass
@@ -54,8 +66,7 @@ class Line:
         words: list[str] = []
         for seg in self.segments:
             words.extend(w.text for w in seg.words_heard())
-        sep = "" if self.lang == "zh" else " "
-        return sep.join(words)
+        return join_words(words)
 
 
 class Speaker:

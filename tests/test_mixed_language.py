@@ -223,3 +223,12 @@ async def test_join_chunks_resamples_and_shifts_timelines(registry: RecordingReg
     assert abs(joined.words[1].start - (zh.duration + en.words[0].start)) < 0.01
     with pytest.raises(ValueError):
         join_chunks("", [], "en")
+
+
+def test_heard_words_are_joined_as_each_script_writes_them() -> None:
+    from avatar.speaker import join_words
+
+    assert join_words(["您好", "欢", "迎", "使用", "Apple", "Pay", "支付"]) == "您好欢迎使用Apple Pay支付"
+    assert join_words(["Thank", "you", "for", "waiting"]) == "Thank you for waiting"
+    assert join_words(["Hello", "您好", "welcome"]) == "Hello您好welcome"
+    assert join_words([]) == ""
