@@ -67,6 +67,7 @@ class Settings:
     frame_ancestors: list[str] = field(default_factory=lambda: ["'self'"])  # who may frame the pages (CSP)
     max_sessions_per_client: int = 8  # live sessions per client address (customers behind one NAT share one)
     trusted_proxies: list[str] = field(default_factory=list)  # proxies whose X-Forwarded-For is believed
+    access_log_ips: bool = True  # the access log names each request's client address (query values never)
     channel_rate: float = 5.0  # data-channel messages per second per session (sustained) ...
     channel_burst: int = 20  # ... and in a burst
     turn_secret: str | None = None  # coturn static-auth-secret: time-limited TURN credentials for the page

@@ -124,3 +124,25 @@ async def test_a_real_session_logs_no_customer_words(
 
 async def _log_inside() -> None:
     logging.getLogger("avatar.test").info("probe from a session task")
+
+
+def test_the_access_log_keeps_secrets_and_personal_data_out(caplog: pytest.LogCaptureFixture) -> None:
+    """The overlay's view key and the customer page's customer id are URL query values: the
+    access log names the parameters, hides their values, and names the client only if asked."""
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from avatar.server.access_log import access_logger, loggable_path
+
+    request = make_mocked_request("GET", "/?customer_id=C-12345678&lang=zh", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert loggable_path(request) == "/?customer_id=…&lang=…"
+    assert loggable_path(make_mocked_request("GET", "/overlay.html")) == "/overlay.html"
+    response = web.Response(text="page")
+    logger = logging.getLogger("aiohttp.access")
+    with caplog.at_level(logging.INFO, logger="aiohttp.access"):
+        access_logger(ips=False, trusted_proxies=[])(logger, "").log(request, response, 0.0123)
+        access_logger(ips=True, trusted_proxies=[])(logger, "").log(request, response, 0.0123)
+    hidden, named = (r.getMessage() for r in caplog.records if r.name == "aiohttp.access")
+    assert "C-12345678" not in hidden + named and "zh" not in hidden + named
+    assert hidden.startswith('- "GET /?customer_id=…&lang=…" 200 ') and hidden.endswith(" 12.3ms")
+    assert not named.startswith("-") and "203.0.113.9" not in named  # the proxy header is not trusted

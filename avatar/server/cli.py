@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from avatar.cli import CliError
     from avatar.cluster.base import ClusterUnavailable
     from avatar.logs import configure_logging
+    from avatar.server.access_log import access_logger
     from avatar.server.app import create_app
     from avatar.server.security import ssl_context
 
@@ -78,7 +79,14 @@ def run(args: argparse.Namespace) -> int:
     app.on_startup.append(announce)
     try:
         web.run_app(
-            app, host=settings.host, port=settings.port, ssl_context=tls, print=None, shutdown_timeout=5.0
+            app,
+            host=settings.host,
+            port=settings.port,
+            ssl_context=tls,
+            print=None,
+            shutdown_timeout=5.0,
+            # No secrets or personal data from URLs in the log (avatar.server.access_log).
+            access_log_class=access_logger(settings.access_log_ips, settings.trusted_proxies),
         )
     except OSError as exc:
         raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}") from exc

@@ -141,6 +141,9 @@ def test_overlay_true_alpha_over_a_scene(
         )
         assert style[0].startswith("Good evening") and style[1] == "30px" and style[2] == "rgb(255, 238, 0)"
         assert not errors, errors
+        # The access log names the page and its options, never the view key (avatar.server.access_log).
+        log = server.log.read_text()
+        assert "/overlay.html?stage=…&key=…" in log and stage["view_key"] not in log
     finally:
         page.close()
         api(server, "DELETE", f"/api/stages/{stage['stage_id']}")
