@@ -14,6 +14,9 @@ amortised by committing every write that queued up meanwhile in one transaction.
 Nothing stored holds an unredacted card, ID or phone number: utterance text and event
 details pass through ``avatar.brain.compliance.redact`` here, at the one door into the file.
 
+Broadcast stages (``stages``) are kept with their view key as given out: the key has to be
+handed back unchanged to the OBS sources that hold it when the server brings the stage back.
+
 The schema is versioned with ``PRAGMA user_version``; ``MIGRATIONS[i]`` takes version i to i+1.
 """
 
@@ -68,6 +71,18 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL DEFAULT '{}'
     );
     CREATE INDEX events_session ON events (session_id, id);
+    """,
+    # 1 -> 2: broadcast stages, so that a restarted server brings back the ones still on air
+    """
+    CREATE TABLE stages (
+        id TEXT PRIMARY KEY,
+        avatar TEXT NOT NULL,
+        driver TEXT NOT NULL,
+        view_key TEXT NOT NULL,
+        created REAL NOT NULL,
+        ended REAL
+    );
+    CREATE INDEX stages_live ON stages (ended, created);
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -126,6 +141,19 @@ class Event:
             "operator": self.operator,
             "detail": self.detail or {},
         }
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """A broadcast stage as stored; ``ended`` is None while it is on air (or was, when the server
+    stopped: such a stage comes back on the next start)."""
+
+    id: str
+    avatar: str
+    driver: str
+    view_key: str
+    created: float
+    ended: float | None = None
 
 
 @dataclass(frozen=True)
@@ -331,6 +359,27 @@ class Store:
 
         return self._submit(write)
 
+    def add_stage(self, row: StageRow) -> Future[None]:
+        """Record a broadcast stage as on air."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO stages (id, avatar, driver, view_key, created, ended) VALUES (?, ?, ?, ?, ?, ?)",
+                (row.id, row.avatar, row.driver, row.view_key, row.created, row.ended),
+            )
+
+        return self._submit(write)
+
+    def end_stage(self, stage_id: str, at: float | None = None) -> Future[bool]:
+        """Mark a stage ended (it will not come back); resolves to whether it was on air."""
+        when = time.time() if at is None else at
+
+        def write(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute("UPDATE stages SET ended = ? WHERE id = ? AND ended IS NULL", (when, stage_id))
+            return cur.rowcount > 0
+
+        return self._submit(write)
+
     # -- reads -----------------------------------------------------------------------------
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._read_lock:
@@ -377,6 +426,17 @@ class Store:
             (customer_id, limit),
         )
         return [r[0] for r in rows]
+
+    def live_stages(self) -> list[StageRow]:
+        """The stages not ended, oldest first."""
+        rows = self._read(
+            "SELECT id, avatar, driver, view_key, created, ended FROM stages WHERE ended IS NULL ORDER BY created, id"
+        )
+        return [StageRow(*r) for r in rows]
+
+    def stage(self, stage_id: str) -> StageRow | None:
+        rows = self._read("SELECT id, avatar, driver, view_key, created, ended FROM stages WHERE id = ?", (stage_id,))
+        return StageRow(*rows[0]) if rows else None
 
     def session_known(self, session_id: str) -> bool:
         rows = self._read(

@@ -4,14 +4,21 @@ limits, the operator desk and the session API on a stage, and in-process aiortc 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from avatar.broadcast.stages import STAGES, StageDirectory, UnknownStage
 from avatar.rtc.fanout import OVERLAY_GAP
 from avatar.server.app import SESSIONS
+from avatar.server.engines import Engines
 from avatar.server.operator_routes import OPERATORS
+from avatar.store import StageRow, Store
+from tests.conftest import make_settings
 from tests.rtc_client import RtcCustomer
 from tests.test_operator_api import sign_in, wait_until
 
@@ -248,3 +255,102 @@ async def test_viewer_offer_auth_and_bad_input(client: TestClient, auth: dict[st
     assert fanout is not None and fanout.viewer_count() >= 1
     assert (await client.delete(f"/api/stages/{sid}", headers=auth)).status == 200
     assert fanout.viewer_count() == 0 and fanout.closed
+
+
+async def restart(client: TestClient, aiohttp_client: Any, engines: Engines, data_dir: Path, **settings: Any) -> TestClient:  # type: ignore[type-arg]
+    """Stop ``client``'s server (a graceful shutdown, as on SIGTERM) and start a new app on the
+    same data dir."""
+    from avatar.server.app import create_app
+
+    await client.close()
+    app = create_app(make_settings(data_dir, **{"max_sessions": 3, **settings}), engines=engines)
+    return await aiohttp_client(app)  # type: ignore[no-any-return]
+
+
+async def test_stages_survive_a_restart(
+    client: TestClient, auth: dict[str, str], aiohttp_client: Any, engines: Engines, tmp_path: Path,  # type: ignore[type-arg]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    on_air = await create(client, auth, avatar="leo", driver="script")
+    brain = await create(client, auth)
+    deleted = await create(client, auth, driver="operator")
+    assert (await client.delete(f"/api/stages/{deleted['stage_id']}", headers=auth)).status == 200
+    ended_by_session_api = await create(client, auth, driver="operator")
+    resp = await client.delete(f"/api/sessions/{ended_by_session_api['stage_id']}", headers=auth)
+    assert resp.status == 200
+    # A stage whose avatar was removed from the avatars folder while the server was down.
+    with Store.in_data_dir(tmp_path) as store:
+        store.add_stage(StageRow("gonestage1", "nobody", "script", "k" * 32, time.time())).result()
+
+    with caplog.at_level(logging.INFO, logger="avatar.broadcast.stages"):
+        client = await restart(client, aiohttp_client, engines, tmp_path)
+    assert "gonestage1 not brought back: its avatar 'nobody' no longer exists" in caplog.text
+    assert on_air["stage_id"] in caplog.text and "back after the restart" in caplog.text
+
+    listed = {s["stage_id"]: s for s in (await (await client.get("/api/stages", headers=auth)).json())["stages"]}
+    assert set(listed) == {on_air["stage_id"], brain["stage_id"]}
+    for before in (on_air, brain):
+        after = listed[before["stage_id"]]
+        for name in ("view_key", "avatar", "driver", "created", "overlay_url", "watch_url"):
+            assert after[name] == before[name], name
+    back = client.app[SESSIONS].get(on_air["stage_id"])
+    assert back is not None and back.mode == "broadcast" and back.driver.name == "script"
+    # The operator desk lists it like any stage.
+    desk = await (await client.get("/api/operator/sessions", headers=await sign_in(client, "olga"))).json()
+    assert on_air["stage_id"] in [s["session_id"] for s in desk["sessions"]]
+
+    # The overlay's old URL works again: its view key is answered, and the stage speaks to it.
+    viewer, answer = await watch(client, on_air["stage_id"], on_air["view_key"])
+    try:
+        assert answer["stage_id"] == on_air["stage_id"]
+        await asyncio.wait_for(viewer.channel_open.wait(), 10)
+        resp = await client.post(f"/api/sessions/{on_air['stage_id']}/say", json={"text": "We are back."}, headers=auth)
+        assert resp.status == 200
+        caption = await viewer.wait_for_event(lambda e: e["type"] == "caption")
+        assert caption["text"].startswith("We are back")
+        await wait_until(lambda: len(viewer.got.video_pts) > 5, within=15)
+    finally:
+        await viewer.close()
+
+    # Deleted now, it does not come back on the next start; the unknown-avatar row stays stored.
+    assert (await client.delete(f"/api/stages/{on_air['stage_id']}", headers=auth)).status == 200
+    client = await restart(client, aiohttp_client, engines, tmp_path)
+    listed = {s["stage_id"] for s in (await (await client.get("/api/stages", headers=auth)).json())["stages"]}
+    assert listed == {brain["stage_id"]}
+    await client.close()
+    with Store.in_data_dir(tmp_path) as store:
+        assert [row.id for row in store.live_stages()] == [brain["stage_id"], "gonestage1"]
+        assert store.stage(deleted["stage_id"]).ended is not None  # type: ignore[union-attr]
+
+
+async def test_restored_stages_respect_the_limits(
+    client: TestClient, auth: dict[str, str], aiohttp_client: Any, engines: Engines, tmp_path: Path,  # type: ignore[type-arg]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    first = await create(client, auth, driver="script")
+    second = await create(client, auth, driver="script")
+    with caplog.at_level(logging.WARNING, logger="avatar.broadcast.stages"):
+        client = await restart(client, aiohttp_client, engines, tmp_path, max_sessions=1)
+    assert f"{second['stage_id']} not brought back: the server is full" in caplog.text
+    listed = [s["stage_id"] for s in (await (await client.get("/api/stages", headers=auth)).json())["stages"]]
+    assert listed == [first["stage_id"]]  # the oldest first
+    resp = await client.post("/api/stages", json={}, headers=auth)
+    assert resp.status == 503
+    # The one left out stays stored: a start with room brings it back.
+    client = await restart(client, aiohttp_client, engines, tmp_path)
+    listed = [s["stage_id"] for s in (await (await client.get("/api/stages", headers=auth)).json())["stages"]]
+    assert sorted(listed) == sorted([first["stage_id"], second["stage_id"]])
+
+
+async def test_a_stage_that_cannot_be_stored_is_not_made(client: TestClient, auth: dict[str, str]) -> None:  # type: ignore[type-arg]
+    kept = await create(client, auth, driver="script")
+    # The store is gone (a full disk, a broken file): the stage would not survive a restart, so it
+    # is refused with a clear 503 and nothing is left running; the live stage stays on air.
+    client.app[OPERATORS].store.close()
+    resp = await client.post("/api/stages", json={"driver": "script"}, headers=auth)
+    assert resp.status == 503 and "could not be stored" in (await resp.json())["error"]
+    assert list(client.app[STAGES].stages) == [kept["stage_id"]]
+    assert list(client.app[SESSIONS].sessions) == [kept["stage_id"]]
+    resp = await client.delete(f"/api/stages/{kept['stage_id']}", headers=auth)
+    assert resp.status == 503 and "may come back after a restart" in (await resp.json())["error"]
+    assert client.app[STAGES].get(kept["stage_id"]) is None  # closed all the same

@@ -339,3 +339,35 @@ async def test_an_operator_watches_a_session_of_another_process(pair: tuple[Clie
     finally:
         await watcher.close()
         await customer.close()
+
+
+async def test_a_process_sharing_the_data_dir_leaves_a_live_stage_to_its_owner(
+    pair: tuple[Client, Client], aiohttp_client: Callable[..., Awaitable[Client]], engines: Engines,
+    tmp_path: Path, redis_server: RedisServer,  # noqa: F811
+) -> None:
+    from avatar.server.app import create_app
+
+    a, _ = pair
+    api = {"Authorization": f"Bearer {API_TOKEN}"}
+    resp = await a.post("/api/stages", json={"driver": "script"}, headers=api)
+    assert resp.status == 201, await resp.text()
+    stage_id = (await resp.json())["stage_id"]
+    # A third process starts on A's data dir: the stored stage is on air on A, so it stays there
+    # (a second copy would split its viewers between two encoders and two scripts).
+    port = free_port()
+    settings = make_settings(
+        tmp_path / "a", redis_url=redis_server.url, advertise_url=f"http://127.0.0.1:{port}", max_sessions=4,
+    )
+    c = await aiohttp_client(create_app(settings, engines=engines), server_kwargs={"port": port})
+    assert c.app[SESSIONS].get(stage_id) is None
+    listed = await (await c.get("/api/stages", headers=api)).json()
+    assert [s["stage_id"] for s in listed["stages"]] == [stage_id]  # once: A's, through the cluster
+    # A stops (its stage is not ended); C restarting then brings it back.
+    await a.close()
+    await c.close()
+    port = free_port()
+    settings = make_settings(
+        tmp_path / "a", redis_url=redis_server.url, advertise_url=f"http://127.0.0.1:{port}", max_sessions=4,
+    )
+    c = await aiohttp_client(create_app(settings, engines=engines), server_kwargs={"port": port})
+    assert c.app[SESSIONS].get(stage_id) is not None

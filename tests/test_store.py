@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from avatar.store import SCHEMA_VERSION, DuplicateOperator, Store, StoreError, Utterance
+from avatar.store import MIGRATIONS, SCHEMA_VERSION, DuplicateOperator, StageRow, Store, StoreError, Utterance
 
 
 def test_utterances_events_and_accounts_round_trip(tmp_path: Path) -> None:
@@ -52,6 +52,38 @@ def test_wal_mode_schema_version_and_reopen(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(StoreError, match="newer version"):
         Store.in_data_dir(tmp_path)
+
+
+def test_a_version_1_file_upgrades_in_place_and_keeps_its_rows(tmp_path: Path) -> None:
+    # A store written before broadcast stages were kept: schema 1, with rows in every table.
+    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO operators (name, password_hash, created) VALUES ('olga', 'scrypt$h', 5.0)")
+    conn.execute(
+        "INSERT INTO utterances (session_id, speaker, text, started, ended) VALUES ('s1', 'ai', 'Welcome back', 1.0, 2.0)"
+    )
+    conn.execute("INSERT INTO events (at, kind, session_id, operator) VALUES (3.0, 'takeover', 's1', 'olga')")
+    conn.commit()
+    conn.close()
+
+    with Store.in_data_dir(tmp_path) as store:
+        assert [o.name for o in store.operators()] == ["olga"]
+        assert [u.text for u in store.transcript("s1")] == ["Welcome back"]
+        assert [(e.kind, e.operator) for e in store.events("s1")] == [("takeover", "olga")]
+        assert store.live_stages() == []
+        store.add_stage(StageRow("st1", "leo", "script", "key-1", 10.0)).result()
+        store.add_stage(StageRow("st2", "mia", "brain", "key-2", 11.0)).result()
+        assert store.end_stage("st1", at=12.0).result() is True
+        assert store.end_stage("st1").result() is False  # already ended: the first end time stays
+        assert store.end_stage("unknown").result() is False
+        assert [s.id for s in store.live_stages()] == ["st2"]
+        assert store.stage("st1") == StageRow("st1", "leo", "script", "key-1", 10.0, 12.0)
+    conn = sqlite3.connect(tmp_path / "store.sqlite3")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    conn.close()
+    with Store.in_data_dir(tmp_path) as store:  # reopening at the current version changes nothing
+        assert [s.id for s in store.live_stages()] == ["st2"] and [o.name for o in store.operators()] == ["olga"]
 
 
 def test_nothing_stored_holds_card_id_or_phone_numbers(tmp_path: Path) -> None:

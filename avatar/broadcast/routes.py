@@ -23,6 +23,7 @@ from avatar.rtc.fanout import VARIANTS, BadViewerOffer, ViewerLimit
 from avatar.server.app import API_TOKEN, SESSIONS, SETTINGS
 from avatar.server.auth import bearer_token, require_api_token
 from avatar.server.sessions import ServerFull
+from avatar.store import StoreError
 
 routes = web.RouteTableDef()
 
@@ -69,6 +70,9 @@ async def create_stage(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=str(exc.args[0] if exc.args else exc)) from exc
     except ServerFull as exc:
         raise web.HTTPServiceUnavailable(text=str(exc), headers={"Retry-After": "30"}) from exc
+    except StoreError as exc:
+        # Not made: a stage that could not be stored would not survive a restart.
+        raise web.HTTPServiceUnavailable(text=f"the stage could not be stored: {exc}") from exc
     return web.json_response(stage.describe(), status=201)
 
 
@@ -95,7 +99,11 @@ async def get_stage(request: web.Request) -> web.Response:
 async def delete_stage(request: web.Request) -> web.Response:
     authorize_manager(request)
     stage = stage_or_404(request)
-    await request.app[STAGES].delete(stage.id)
+    try:
+        await request.app[STAGES].delete(stage.id)
+    except StoreError as exc:
+        message = f"the stage is closed, but its end could not be stored (it may come back after a restart): {exc}"
+        raise web.HTTPServiceUnavailable(text=message) from exc
     return web.json_response({"status": "closed", "stage_id": stage.id})
 
 
@@ -147,12 +155,39 @@ async def viewer_offer(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     """Register the stage API on ``app`` (before the static pages, after the operator API: the
-    directory is built once the session manager exists and torn down before it)."""
+    directory is built once the session manager and the store exist, and torn down before them).
+    The stored stages come back once every context is up (``on_startup`` runs after the cleanup
+    contexts' setup), so the cluster and the operator desk hear of them like of new ones."""
+    from avatar.server.operator_routes import OPERATORS
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[STAGES] = StageDirectory(app[SESSIONS])
+        store = app[OPERATORS].store if OPERATORS in app else None
+        app[STAGES] = StageDirectory(app[SESSIONS], store=store)
         yield
         await app[STAGES].close_all()
 
+    async def restore(app: web.Application) -> None:
+        from avatar.cluster.app import CLUSTER
+
+        if CLUSTER not in app:
+            await app[STAGES].restore()
+            return
+        cluster = app[CLUSTER]
+
+        async def live_elsewhere(stage_id: str) -> bool:
+            # Processes sharing one data dir share the stored stages: one on air on a live
+            # process stays there.
+            owner = await cluster.owner(stage_id)
+            return owner is not None and owner.id != cluster.node.id
+
+        await app[STAGES].restore(live_elsewhere)
+
+    async def shutting_down(app: web.Application) -> None:
+        # Before any context closes the sessions: the stages closed from here on stay on air in
+        # the store and come back on the next start.
+        app[STAGES].shutting_down = True
+
     app.cleanup_ctx.append(ctx)
+    app.on_startup.append(restore)
+    app.on_shutdown.append(shutting_down)
     app.add_routes(routes)

@@ -118,14 +118,16 @@ class SessionManager:
         seed = secrets.randbits(31)  # each stage blinks and sways on its own schedule
         return Stage(renderer, clock or MediaClock(), IdleAnimator(seed), fps=s.fps, avatar=avatar)
 
-    def make_session(self, avatar: str, stage: Stage) -> Session:
+    def make_session(self, avatar: str, stage: Stage, session_id: str | None = None) -> Session:
+        """A session (not yet registered) for ``avatar`` on ``stage``; ``session_id`` keeps a
+        known id (a broadcast stage brought back after a restart), else a new one is drawn."""
         source = TTSSpeechSource(self.engines.tts, avatar, self.settings.default_lang)
 
         def speaker_factory(stage: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
             return Speaker(stage, source, self._mouth, emit)
 
         driver = self.driver_factory() if self.driver_factory else make_driver(self.settings, self.engines)
-        session = Session(stage, speaker_factory, driver, avatar)
+        session = Session(stage, speaker_factory, driver, avatar, session_id=session_id)
         return session
 
     async def create_from_offer(
