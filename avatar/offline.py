@@ -43,10 +43,14 @@ class ClipInfo:
     sentences: int
 
 
-async def synthesize_onto(stage: Stage, tts: TTSRegistry, text: str, voice: Voice) -> int:
-    """Place every sentence of ``text`` on ``stage``'s timeline; returns how many there were."""
+async def synthesize_onto(
+    stage: Stage, tts: TTSRegistry, text: str, voice: Voice, voice_for: Callable[[str], Voice] | None = None
+) -> int:
+    """Place every sentence of ``text`` on ``stage``'s timeline; returns how many there were.
+    With ``voice_for`` (language -> voice), each language's part is spoken by its own voice, as
+    in a live call (``speak_stream``)."""
     count = 0
-    async with contextlib.aclosing(speak_stream(tts, text, voice)) as chunks:
+    async with contextlib.aclosing(speak_stream(tts, text, voice, voice_for=voice_for)) as chunks:
         async for chunk in chunks:
             stage.schedule(chunk, track_from_phonemes(chunk.phonemes, chunk.duration, lang=chunk.lang))
             count += 1
@@ -62,14 +66,16 @@ def render_clip(
     fps: int,
     progress: Progress | None = None,
     seed: int = 7,
+    voice_for: Callable[[str], Voice] | None = None,
 ) -> ClipInfo:
-    """Render ``text`` spoken by ``renderer``'s avatar into ``out`` (MP4)."""
+    """Render ``text`` spoken by ``renderer``'s avatar into ``out`` (MP4). ``voice_for``: see
+    ``synthesize_onto`` (a line mixing Chinese and English)."""
     fake = FakeClock(start=0.0, auto=True)
     clock = fake.media_clock()
     fake.t = -LEAD_IN  # speech starts LEAD_IN seconds into the clip (stage time 0)
     stage = Stage(renderer, clock, IdleAnimator(seed), fps=fps)
     fake.t = 0.0
-    sentences = asyncio.run(synthesize_onto(stage, tts, text, voice))
+    sentences = asyncio.run(synthesize_onto(stage, tts, text, voice, voice_for))
     duration = stage.speaking_until() + TAIL
     frames = int(np.ceil(duration * fps))
     samples_per_frame = Fraction(AUDIO_RATE, fps)

@@ -200,6 +200,21 @@ async def test_the_session_source_uses_the_avatars_voice_per_part() -> None:
     registry.close()
 
 
+async def test_an_offline_render_speaks_each_language_with_its_voice(registry: RecordingRegistry) -> None:
+    """``avatar render`` places a mixed line on its stage as a live call says it."""
+    from avatar.clock import FakeClock
+    from avatar.idle import IdleAnimator
+    from avatar.offline import synthesize_onto
+    from avatar.stage import Stage
+    from tests.stage_fakes import PlainRenderer
+
+    stage = Stage(PlainRenderer(), FakeClock(start=0.0, auto=True).media_clock(), IdleAnimator(7))
+    registry.asked.clear()
+    assert await synthesize_onto(stage, registry, "Hello, I'm Maria. 您好，我是玛丽亚。", PIPER, VOICES.__getitem__) == 2
+    assert registry.asked == [("piper", "Hello, I'm Maria."), ("espeak", "您好，我是玛丽亚。")]
+    assert stage.speaking_until() > 1.0
+
+
 # --- joining chunks ------------------------------------------------------------------------
 
 

@@ -76,8 +76,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc.args[0] if exc.args else exc), code=2) from exc
     tts = TTSRegistry(settings)
     voice = resolve_voice(settings, tts, name, text, args.engine, args.voice)
+    # The avatar's own voices: each language's part of a mixed line in its voice, as live. A
+    # voice chosen on the command line speaks the whole line.
+    own = args.engine is None and args.voice is None
     try:
-        info = render_clip(text, args.out, renderer, tts, voice, settings.fps, progress=ProgressBar(f"rendering {args.out.name}"))
+        info = render_clip(
+            text,
+            args.out,
+            renderer,
+            tts,
+            voice,
+            settings.fps,
+            progress=ProgressBar(f"rendering {args.out.name}"),
+            voice_for=(lambda lang: tts.voice_for(name, lang)) if own else None,
+        )
     except TTSError as exc:
         raise CliError(f"speech synthesis failed: {exc}") from exc
     except OSError as exc:
