@@ -100,6 +100,7 @@
         panel.partial = msg.partial || null;  // the list is one server's own (shared registry down)
         for (const s of msg.sessions) panel.sessions[s.session_id] = s;
         renderList();
+        if (panel.partial) setTimeout(refreshPartialList, 5000);
         if (panel.selected && panel.sessions[panel.selected]) openSession(panel.selected); else closeDetail();
         break;
       case "session":
@@ -129,6 +130,19 @@
   function urgency(s) {
     if (s.control === "waiting") return [0, -(Date.now() / 1000 - (s.waiting_since || 0))];
     return [s.control === "operator" ? 1 : 2, -(s.emotion || 0)];
+  }
+
+  // While the list is partial, ask again now and then: the other servers' sessions come back
+  // with the shared registry, and the note goes.
+  async function refreshPartialList() {
+    if (!panel.partial || !panel.connected) return;
+    try {
+      const data = await api("GET", "/api/operator/sessions");
+      for (const s of data.sessions) panel.sessions[s.session_id] = s;
+      panel.partial = data.partial || null;
+      renderList();
+    } catch (err) { /* signed out or offline: the socket's own handling shows it */ }
+    if (panel.partial) setTimeout(refreshPartialList, 5000);
   }
 
   function renderList() {
