@@ -6,15 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 from aiohttp.test_utils import TestClient
 from aiortc import RTCPeerConnection
 
+from avatar.clock import FakeClock
 from avatar.rtc.link import last_report, watch_link
+from avatar.server.app import SESSIONS
 from avatar.server.operator_routes import OPERATORS
+from avatar.session import EchoDriver, Session
+from avatar.speaker import Speaker
+from avatar.stage import Stage
 from tests.rtc_client import RtcCustomer
+from tests.stage_fakes import PlainRenderer, RampMouth, StillFace, ToneSource
 
 LONG_LINE = (
     "Thank you for waiting. I am going to read you the terms of your new savings account. "
@@ -55,6 +62,13 @@ async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient
         resp = await client.post(f"/api/sessions/{sid}/say", json={"text": LONG_LINE}, headers=auth)
         assert resp.status == 200, await resp.text()
         await customer.wait_for_event(lambda e: e["type"] == "caption", within=30)
+        session = client.app[SESSIONS].get(sid)
+        assert session is not None
+        for _ in range(100):  # the customer's reports count once their pace is known (a second one)
+            if session.heard_at is not None:
+                break
+            await asyncio.sleep(0.1)
+        assert session.heard_at is not None, "no receiver reports from the customer"
         await asyncio.sleep(1.5)  # a few words in
         assert cut_network(customer.pc) > 0
         # Sent before the server can know: acknowledged and queued, then not said to nobody.
@@ -113,6 +127,8 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
 
     def check_link(at: float) -> None:
         checked.append(at)
+        if len(checked) == 1:  # the next report: the customer's pace is known from the second on
+            video.stamps = [now - datetime.timedelta(seconds=0.2)]
         if len(checked) >= 3:
             three.set()
 
@@ -127,8 +143,9 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
         await asyncio.wait_for(three.wait(), 10)
     finally:
         task.cancel()
-    # The latest report, placed on the stage clock, once (it did not change); checked each poll.
-    assert heard == [99.5]
+    # The latest report, placed on the stage clock, once (it did not change again); checked each
+    # poll. The first report alone is not taken as heard: the pace of the reports is not known.
+    assert heard == [99.8]
     assert checked[:3] == [100.0, 100.0, 100.0]
 
 
@@ -160,3 +177,52 @@ async def test_a_peer_that_reports_rarely_is_given_longer() -> None:
     finally:
         task.cancel()
     assert session.link_timeout == 20.0
+
+
+async def test_a_peer_that_reports_rarely_is_not_lost_before_its_second_report() -> None:
+    """Before the customer's second report their pace is unknown: a peer reporting on audio only
+    (every 5 s) is not taken as gone 3 s after its first report, cutting the avatar off; once
+    its reports stop, the link is lost after four of its gaps and the line is kept as heard
+    up to the last report."""
+    fake = FakeClock()
+    stage = Stage(PlainRenderer(), fake.media_clock(), StillFace())
+
+    def speaker_factory(st: Stage, emit: Callable[[dict[str, Any]], None]) -> Speaker:
+        return Speaker(st, ToneSource(seconds=40.0), lambda phonemes, duration, lang: RampMouth(duration), emit)
+
+    session = Session(stage, speaker_factory, EchoDriver(), "test")
+    session.start()
+    clock = stage.clock
+    start = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.UTC)
+    reports = [1.0, 6.0, 11.0]  # stage-clock times of the customer's reports; then they stop
+    seen: list[tuple[float, float | None]] = []  # (stage time, link_lost_at) at each poll
+    done = asyncio.Event()
+
+    class AudioOnly(_Sender):
+        async def getStats(self) -> dict[str, Any]:
+            fake.advance(0.5)  # each poll is 0.5 s of stage time
+            seen.append((clock.time(), session.link_lost_at))
+            if clock.time() >= 40.0:
+                done.set()
+            self.stamps = [start + datetime.timedelta(seconds=max(r for r in reports if r <= clock.time()))]
+            return await super().getStats()
+
+    audio = AudioOnly([])
+    pc = SimpleNamespace(getSenders=lambda: [audio])
+    line = session.say(" ".join(f"word{i}" for i in range(40)))  # one 40 s sentence, a word a second
+    task = asyncio.ensure_future(
+        watch_link(session, pc, poll=0.001, utcnow=lambda: start + datetime.timedelta(seconds=clock.time()))
+    )
+    try:
+        await asyncio.wait_for(done.wait(), 30)
+    finally:
+        task.cancel()
+    try:
+        assert [at for at, lost in seen if lost is not None and at <= 31.0] == []
+        assert session.link_lost_at == 11.0 and session.link_timeout == 20.0
+        await asyncio.sleep(0.05)
+        assert line.interrupted and not session.speaker.busy
+        (entry,) = session.transcript
+        assert entry.interrupted and 0 < len(entry.text.split()) <= 11
+    finally:
+        await session.close()

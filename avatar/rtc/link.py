@@ -10,7 +10,8 @@ talk into the void while the audit trail recorded every word as said.
 ``watch_link`` polls those timestamps and tells the session when the customer was last heard
 from (``Session.customer_heard``; the listener adds their microphone's audio), and the session
 decides the link is lost after ``Session.link_timeout`` of nothing (``Session.check_link``):
-3 s, or ``GAPS`` times the customer's usual gap between reports if that is longer.
+3 s, or ``GAPS`` times the customer's usual gap between reports if that is longer. Reports
+count from the customer's second on: before it, their pace is not known.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ async def watch_link(
                 step = (stamp - seen).total_seconds()
                 gap = step if gap is None else 0.8 * gap + 0.2 * step
                 session.link_timeout = max(floor, GAPS * gap)
+                # Only once their pace is known (a second report): a peer reporting every 5 s
+                # would otherwise be taken as gone 3 s after its first report.
+                age = max(0.0, (utcnow() - stamp).total_seconds())
+                session.customer_heard(now - age)
             seen = stamp
-            age = max(0.0, (utcnow() - stamp).total_seconds())
-            session.customer_heard(now - age)
         session.check_link(now)
