@@ -630,14 +630,17 @@ class Listener:
             return
         self._start_speculation(self._turn_audio(now), self._sound_end)
 
-    def _covers(self, rec: _Recognition | None) -> bool:
+    def _covers(self, rec: _Recognition | None, speech_end: float | None = None) -> bool:
         """Whether ``rec`` heard all of this turn's speech so far: no loud speech since its
-        audio ended, and what the VAD still called speech after it lies within its decay tail."""
+        audio ended, and what the VAD still called speech after it lies within its decay tail.
+        ``speech_end``: where the endpointer ended the turn's speech (``TurnEnded.t``); a blip
+        in the pause after it is not in the turn's audio, so it does not count."""
+        last = max(self._speech_end, self._last_voice) if speech_end is None else speech_end
         return (
             rec is not None
             and rec.turn == self._turn
             and self._sound_end <= rec.speech_end + 1e-9
-            and max(self._speech_end, self._last_voice) <= rec.speech_end + VAD_TAIL
+            and last <= rec.speech_end + VAD_TAIL
         )
 
     def _maybe_partial(self, now: float) -> None:
@@ -736,7 +739,7 @@ class Listener:
 
     def _turn_ended(self, event: TurnEnded) -> None:
         spec = self._spec
-        reused = spec is not None and self._covers(spec) and not spec.task.cancelled()
+        reused = spec is not None and self._covers(spec, event.t) and not spec.task.cancelled()
         if self._over_avatar and self.session.speaker.state == "speaking":
             # Speech over the avatar that never became a barge-in: a backchannel or noise.
             if spec is not None and not spec.task.done():

@@ -449,6 +449,29 @@ async def test_speech_after_a_quiet_moment_makes_its_recognition_stale(vad: Voic
         await rig.close()
 
 
+async def test_a_blip_in_the_pause_leaves_the_turns_recognition_reused(vad: VoiceActivityDetector) -> None:
+    """A click or breath in the pause after the customer's words, shorter than ``min_speech``,
+    neither resumes the turn nor postpones its end: the turn's audio is what was recognised at
+    the end of speech, so that recognition is the turn's, not run again on the same audio."""
+    rig = make_rig(vad, Scripted("I lost my debit card"))
+    try:
+        speech = np.concatenate([silence(0.3), clip("lost_card")])
+        sound_end = int(np.flatnonzero(np.abs(speech.astype(np.int32)) > 300)[-1]) + 1
+        uh = clip("uh_huh")
+        onset = int(np.flatnonzero(np.abs(uh.astype(np.int32)) > 1000)[0]) + 800
+        blip = uh[onset : onset + 1280]  # 0.08 s: two windows the VAD calls speech, then silence
+        # The blip 0.5 s after the sound ends: after the VAD's end of speech (its hangover), before
+        # the end of the turn.
+        await rig.play(np.concatenate([speech[:sound_end], silence(0.5), blip, silence(1.5)]))
+        (turn,) = rig.turns
+        assert rig.listener._last_voice > turn.speech_end + 0.3  # the VAD heard the blip, in the pause
+        assert turn.how == "silence" and turn.outcome == "answered"
+        assert turn.reused_speculation and [partial for _, partial in rig.recognizer.calls] == [False]
+        assert rig.driver.texts == ["I lost my debit card"]
+    finally:
+        await rig.close()
+
+
 async def test_a_spoken_question_becomes_one_customer_line(
     vad: VoiceActivityDetector, whisper: SpeechRecognizer
 ) -> None:
