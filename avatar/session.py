@@ -239,6 +239,8 @@ class Session:
         if self.link_lost_at is not None:
             log.info("session %s: the customer is back", self.id)
             self.link_lost_at = None
+            # Silence timers start over: the outage was not the customer keeping quiet.
+            self.customer_active_at = max(self.customer_active_at, self.stage.clock.time())
 
     def interrupt(self) -> Line | None:
         """Stop the avatar at once: cancel the driver's answer in progress (so it cannot queue
@@ -316,6 +318,11 @@ class Session:
         self.customer_active_at = self.stage.clock.time()
         self.record(TranscriptEntry(speaker="customer", text=text, at=time.time()))
         self.emit({"type": "transcript", "speaker": "customer", "text": text, "final": True})
+        if self.link_lost_at is not None:
+            # Their words were heard before the line went (a recognition that finished late):
+            # kept in the transcript, not answered into the void; they can ask again once back.
+            log.info("session %s: a customer line came after their connection was lost: not answered", self.id)
+            return
         task = asyncio.current_task()
         if task is not None:
             self._replies.add(task)
@@ -333,6 +340,8 @@ class Session:
     def handle_message(self, raw: str | bytes) -> None:
         """A message from the customer's ``events`` data channel. Bad messages get an ``error``
         event back; they never raise."""
+        if self.heard_at is not None:  # a sign of life for a watch already on; never starts one
+            self.customer_heard(self.stage.clock.time())
         try:
             message = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError):

@@ -6,6 +6,7 @@ tests turn-taking hardest). Last, the same loop over a real aiortc call."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 import wave
@@ -697,6 +698,13 @@ async def test_the_avatar_stops_when_the_customers_audio_stops_arriving(vad: Voi
         entry = rig.session.transcript[-1]
         assert entry.speaker == "ai" and entry.interrupted
         assert 6 <= len(entry.text.split()) <= 12  # about 1 s of words, not the 4 s sent since
+        # A line whose recognition finished after the link went: kept, not answered into the void.
+        await rig.session.customer_text("What is my balance?")
+        assert rig.driver.texts == [] and rig.session.transcript[-1].text == "What is my balance?"
+        # Anything on the data channel is a sign of life too.
+        rig.session.handle_message(json.dumps({"type": "ping"}))
+        assert rig.session.link_lost_at is None
+        rig.session.lose_link(rig.session.stage.clock.time())
         await rig.play(silence(0.2))
         assert rig.session.link_lost_at is None
     finally:
