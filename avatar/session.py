@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,8 +110,10 @@ class Session:
         # Observers (the operator desk): each transcript entry as it is recorded; handoff requests.
         self.recorders: list[Callable[[Session, TranscriptEntry], None]] = []
         self.handoff_listeners: list[Callable[[Session, str], None]] = []
-        #: Told when the customer's link is taken as lost: (session, queued lines dropped unsaid).
-        self.link_listeners: list[Callable[[Session, list[Line]], None]] = []
+        #: Told when the customer's link is taken as lost: (session, queued lines dropped unsaid,
+        #: lines recorded as said that ended after the customer's last sign of life).
+        self.link_listeners: list[Callable[[Session, list[Line], list[Line]], None]] = []
+        self._finished: deque[Line] = deque(maxlen=16)  # lines said lately (for lose_link)
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -222,6 +225,13 @@ class Session:
         if cut is not None:
             cut.cut_back(int(at * AUDIO_RATE))
         dropped = list(self.speaker.dropped) if talking else []
+        # Lines that ended after the last sign of life were recorded as said whole, and the
+        # audit trail cannot be rewritten: name them (the link_lost event) as perhaps unheard.
+        late = [
+            line
+            for line in self._finished
+            if not line.interrupted and line.segments and max(seg.end_time for seg in line.segments) > at
+        ]
         log.warning(
             "session %s: nothing from the customer for %.1f s: connection lost? the avatar stopped",
             self.id,
@@ -229,7 +239,7 @@ class Session:
         )
         for listener in list(self.link_listeners):
             try:
-                listener(self, dropped)
+                listener(self, dropped, late)
             except Exception:
                 log.exception("session %s: link listener failed", self.id)
         return cut
@@ -296,6 +306,7 @@ class Session:
                 log.exception("session %s: transcript recorder failed", self.id)
 
     def _line_done(self, line: Line) -> None:
+        self._finished.append(line)
         text = line.heard_text() if line.interrupted else line.text
         if line.interrupted and not text:
             return  # cut before a word was heard

@@ -94,6 +94,7 @@ async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient
         store.flush()
         (event,) = store.events(sid, kind="link_lost")
         assert event.detail is not None and event.detail["not_said"] == [AFTER_CUT]
+        assert event.detail["perhaps_unheard"] == []  # the line being said was cut back instead
         assert not any(e["text"] == AFTER_CUT for e in said)
         # A line sent now would go nowhere: refused, not recorded as said.
         resp = await client.post(f"/api/sessions/{sid}/say", json={"text": "Are you there?"}, headers=auth)

@@ -711,6 +711,31 @@ async def test_the_avatar_stops_when_the_customers_audio_stops_arriving(vad: Voi
         await rig.close()
 
 
+async def test_lines_said_after_the_last_sign_of_life_are_named_when_the_link_is_lost(
+    vad: VoiceActivityDetector,
+) -> None:
+    """A short line said and finished after the customer's audio stopped is recorded as said
+    (the loss is not known yet); when it is, the link listeners learn which lines those were."""
+    rig = make_rig(vad, Scripted(""), source=LineSource())
+    told: list[tuple[list[str], list[str]]] = []
+    rig.session.link_listeners.append(
+        lambda session, dropped, late: told.append(([x.text for x in dropped], [e.text for e in late]))
+    )
+    try:
+        rig.session.say("Before the cut.")
+        await rig.play(silence(1.0))  # said and heard while the customer's audio flows
+        rig.session.say("Three short words.")  # the customer's audio has just stopped
+        await rig.fake.run_for(3.5)
+        assert rig.session.link_lost_at is not None
+        assert [(e.text, e.interrupted) for e in rig.session.transcript] == [
+            ("Before the cut.", False),
+            ("Three short words.", False),
+        ]
+        assert told == [([], ["Three short words."])]
+    finally:
+        await rig.close()
+
+
 async def test_silence_timers_run_without_microphone_frames(vad: VoiceActivityDetector) -> None:
     """A stalled microphone (no frames at all) still gets the prompt: the timers run on the
     stage clock, not on inbound audio."""

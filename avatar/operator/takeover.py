@@ -294,11 +294,16 @@ class TakeoverDesk:
         seat.session.handoff_reason = None
         seat.session.driver = seat.ai_driver
 
-    def _on_link_lost(self, session: Session, dropped: list[Line]) -> None:
+    def _on_link_lost(self, session: Session, dropped: list[Line], late: list[Line]) -> None:
         """The customer's connection is lost (``Session.lose_link``): the audit trail says so, and
-        names the queued lines that were then not said (acknowledged, so not silently gone)."""
+        names the queued lines that were then not said (acknowledged, so not silently gone) and
+        the lines recorded as said that ended after the customer's last sign of life."""
         lost_for = session.stage.clock.time() - (session.link_lost_at or 0.0)
-        detail = {"silent_for": round(lost_for, 1), "not_said": [line.text for line in dropped]}
+        detail = {
+            "silent_for": round(lost_for, 1),
+            "not_said": [line.text for line in dropped],
+            "perhaps_unheard": [line.text for line in late],
+        }
         self._record_event("link_lost", session.id, None, detail)
 
     # -- waiting for a human ---------------------------------------------------------------------
