@@ -317,9 +317,13 @@ async def test_stages_survive_a_restart(
     client = await restart(client, aiohttp_client, engines, tmp_path)
     listed = {s["stage_id"] for s in (await (await client.get("/api/stages", headers=auth)).json())["stages"]}
     assert listed == {brain["stage_id"]}
+    # The stored stage that cannot come back is ended through the API, so it stops being retried.
+    resp = await client.delete("/api/stages/gonestage1", headers=auth)
+    assert resp.status == 200 and (await resp.json()) == {"status": "ended", "stage_id": "gonestage1", "on_air": False}
+    assert (await client.delete("/api/stages/gonestage1", headers=auth)).status == 404
     await client.close()
     with Store.in_data_dir(tmp_path) as store:
-        assert [row.id for row in store.live_stages()] == [brain["stage_id"], "gonestage1"]
+        assert [row.id for row in store.live_stages()] == [brain["stage_id"]]
         assert store.stage(deleted["stage_id"]).ended is not None  # type: ignore[union-attr]
 
 

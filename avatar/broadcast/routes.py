@@ -98,6 +98,18 @@ async def get_stage(request: web.Request) -> web.Response:
 @routes.delete("/api/stages/{stage_id}")
 async def delete_stage(request: web.Request) -> web.Response:
     authorize_manager(request)
+    directory = request.app[STAGES]
+    stage_id = request.match_info["stage_id"]
+    if directory.get(stage_id) is None:
+        # Stored but not on air (its avatar is gone, or there was no room at the last start):
+        # ended here, so it stops coming back.
+        try:
+            ended = await directory.end_stored(stage_id)
+        except StoreError as exc:
+            raise web.HTTPServiceUnavailable(text=f"the stage's end could not be stored: {exc}") from exc
+        if not ended:
+            raise web.HTTPNotFound(text=f"no broadcast stage {stage_id!r}")
+        return web.json_response({"status": "ended", "stage_id": stage_id, "on_air": False})
     stage = stage_or_404(request)
     try:
         await request.app[STAGES].delete(stage.id)

@@ -235,6 +235,14 @@ class StageDirectory:
             )
         return back
 
+    async def end_stored(self, stage_id: str) -> bool:
+        """End a stored stage that is not on air here, so it no longer comes back at start;
+        whether there was one to end. Raises ``StoreError``."""
+        if self.store is None or stage_id in self.stages:
+            return False
+        ended: bool = await asyncio.wrap_future(self.store.end_stage(stage_id))
+        return ended
+
     def fanout(self, record: BroadcastStage) -> StageFanout:
         """The stage's viewers and shared encoders (made when the first viewer arrives)."""
         if record.media is None:
