@@ -136,6 +136,7 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
     session: Any = SimpleNamespace(
         stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
         link_timeout=3.0,
+        link_lost_at=None,
         customer_heard=heard.append,
         check_link=check_link,
     )
@@ -169,6 +170,7 @@ async def test_a_peer_that_reports_rarely_is_given_longer() -> None:
     session: Any = SimpleNamespace(
         stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
         link_timeout=3.0,
+        link_lost_at=None,
         customer_heard=lambda at: None,
         check_link=check_link,
     )

@@ -68,8 +68,9 @@ async def watch_link(
         if stamp is not None and stamp != seen:
             if seen is not None:
                 step = (stamp - seen).total_seconds()
-                gap = step if gap is None else 0.8 * gap + 0.2 * step
-                session.link_timeout = max(floor, GAPS * gap)
+                if session.link_lost_at is None:  # a step across an outage is not their pace
+                    gap = step if gap is None else 0.8 * gap + 0.2 * step
+                    session.link_timeout = max(floor, GAPS * gap)
                 # Only once their pace is known (a second report): a peer reporting every 5 s
                 # would otherwise be taken as gone 3 s after its first report.
                 age = max(0.0, (utcnow() - stamp).total_seconds())
