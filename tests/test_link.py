@@ -229,3 +229,32 @@ async def test_a_peer_that_reports_rarely_is_not_lost_before_its_second_report()
         assert entry.interrupted and 0 < len(entry.text.split()) <= 11
     finally:
         await session.close()
+
+
+async def test_the_gap_across_an_outage_is_not_the_customers_pace() -> None:
+    start = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.UTC)
+    video = _Sender([start])
+    pc = SimpleNamespace(getSenders=lambda: [video])
+    polls = asyncio.Event()
+    count = 0
+
+    def check_link(at: float) -> None:
+        nonlocal count
+        count += 1
+        video.stamps = [start + datetime.timedelta(seconds=30.0 * count)]  # back after 30 s away
+        if count >= 4:
+            polls.set()
+
+    session: Any = SimpleNamespace(
+        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
+        link_timeout=3.0,
+        link_lost_at=95.0,  # taken as lost meanwhile
+        customer_heard=lambda at: None,
+        check_link=check_link,
+    )
+    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: start))
+    try:
+        await asyncio.wait_for(polls.wait(), 10)
+    finally:
+        task.cancel()
+    assert session.link_timeout == 3.0
