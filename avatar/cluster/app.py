@@ -589,9 +589,12 @@ async def _release_elsewhere(request: web.Request, cluster: Cluster) -> None:
     if operator is None:
         return
     try:
-        remote = [s for s in await cluster.sessions() if s.get("holder") == operator]
-        for summary in remote:
+        for summary in await cluster.sessions():
             session_id = str(summary["session_id"])
+            # The takeover lock is written before a takeover is answered; the listed summary
+            # follows a moment later, so a sign-out right after a takeover must ask the lock.
+            if summary.get("holder") != operator and await cluster.holder(session_id) != operator:
+                continue
             owner = await cluster.owner(session_id)
             if owner is not None and owner.id != cluster.node.id:
                 answer = await forward(request, cluster, owner, b"", f"/api/sessions/{session_id}/handback")
