@@ -59,7 +59,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
-from aiortc import RTCPeerConnection  # noqa: E402
 
 from bench._harness import (  # noqa: E402
     LOOPBACK,
@@ -77,6 +76,7 @@ from bench._harness import (  # noqa: E402
 from bench._report import write_section  # noqa: E402
 from tests.e2e.conftest import CHROMIUM  # noqa: E402
 from tests.e2e.conftest import CHROMIUM_FLAGS as E2E_CHROMIUM_FLAGS  # noqa: E402
+from tests.rtc_client import cut_network  # noqa: E402
 
 # The browser tests' Chromium and flags; started here by hand (to kill it), so headless is ours to set.
 CHROMIUM_FLAGS = ["--headless=new", *E2E_CHROMIUM_FLAGS]
@@ -299,22 +299,6 @@ def log_on_failure(*servers: ServerProcess) -> Iterator[None]:
 
 
 # -- a: the customer's network dies -------------------------------------------------------------------
-def cut_network(pc: RTCPeerConnection) -> int:
-    """Close every UDP socket of ``pc``'s ICE transports at once: nothing more is sent or
-    received (no DTLS close, no SCTP abort, no consent answers). Returns the sockets closed."""
-    ice_transports = {id(t.sender.transport.transport): t.sender.transport.transport for t in pc.getTransceivers()}
-    if pc.sctp is not None:
-        ice_transports[id(pc.sctp.transport.transport)] = pc.sctp.transport.transport
-    closed = 0
-    for ice in ice_transports.values():
-        for protocol in list(ice._connection._protocols):
-            transport = getattr(protocol, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.abort()
-                closed += 1
-    return closed
-
-
 async def case_network() -> Case:
     case = Case("a. customer's network dies mid-utterance")
     with ServerProcess(max_sessions=8) as server, null_decoders(), log_on_failure(server):

@@ -87,3 +87,21 @@ class RtcCustomer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+def cut_network(pc: RTCPeerConnection) -> int:
+    """Abort every UDP socket of ``pc``'s ICE transports at once: nothing more is sent or
+    received, and nothing says goodbye (no DTLS close, no SCTP abort, no consent answers), as
+    when a customer's network dies. Returns the sockets aborted. (aioice keeps its sockets in
+    private attributes: a test tool only.)"""
+    transports = {id(t.sender.transport.transport): t.sender.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports[id(pc.sctp.transport.transport)] = pc.sctp.transport.transport
+    aborted = 0
+    for ice in transports.values():
+        for protocol in list(ice._connection._protocols):
+            transport = getattr(protocol, "transport", None)
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+                aborted += 1
+    return aborted

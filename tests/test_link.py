@@ -11,7 +11,6 @@ from types import SimpleNamespace
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from aiortc import RTCPeerConnection
 
 from avatar.clock import FakeClock
 from avatar.rtc.link import last_report, watch_link
@@ -20,7 +19,7 @@ from avatar.server.operator_routes import OPERATORS
 from avatar.session import EchoDriver, Session
 from avatar.speaker import Speaker
 from avatar.stage import Stage
-from tests.rtc_client import RtcCustomer
+from tests.rtc_client import RtcCustomer, cut_network
 from tests.stage_fakes import PlainRenderer, RampMouth, StillFace, ToneSource
 
 LONG_LINE = (
@@ -32,22 +31,6 @@ LONG_LINE = (
 
 
 AFTER_CUT = "Is there anything else I can help you with?"
-
-
-def cut_network(pc: RTCPeerConnection) -> int:
-    """Abort every UDP socket of ``pc``'s ICE transports: nothing is sent or received any more,
-    and nothing says goodbye (no DTLS close, no SCTP abort, no consent answers)."""
-    transports = {id(t.receiver.transport.transport): t.receiver.transport.transport for t in pc.getTransceivers()}
-    if pc.sctp is not None:
-        transports[id(pc.sctp.transport.transport)] = pc.sctp.transport.transport
-    aborted = 0
-    for ice in transports.values():
-        for protocol in list(ice._connection._protocols):
-            transport = getattr(protocol, "transport", None)
-            if transport is not None and not transport.is_closing():
-                transport.abort()
-                aborted += 1
-    return aborted
 
 
 async def test_a_customer_whose_network_dies_is_not_talked_at(client: TestClient, auth: dict[str, str]) -> None:
