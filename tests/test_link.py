@@ -97,6 +97,32 @@ class _Sender:
         }
 
 
+def fake_session(
+    check_link: Callable[[float], None],
+    customer_heard: Callable[[float], None] = lambda at: None,
+    link_lost_at: float | None = None,
+) -> Any:
+    """What ``watch_link`` uses of a session, at stage-clock time 100 s."""
+    return SimpleNamespace(
+        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
+        link_timeout=3.0,
+        link_lost_at=link_lost_at,
+        customer_heard=customer_heard,
+        check_link=check_link,
+    )
+
+
+async def watch_until(
+    done: asyncio.Event, session: Any, pc: Any, utcnow: Callable[[], datetime.datetime]
+) -> None:
+    """Run ``watch_link`` (polling every 10 ms) until ``done`` is set."""
+    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=utcnow))
+    try:
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        task.cancel()
+
+
 async def test_receiver_reports_tell_the_session_when_the_customer_was_last_heard_from() -> None:
     now = datetime.datetime(2026, 11, 21, 12, 0, 0, tzinfo=datetime.UTC)
     audio = _Sender([now - datetime.timedelta(seconds=4.0)])
@@ -116,18 +142,7 @@ async def test_receiver_reports_tell_the_session_when_the_customer_was_last_hear
         if len(checked) >= 3:
             three.set()
 
-    session: Any = SimpleNamespace(
-        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
-        link_timeout=3.0,
-        link_lost_at=None,
-        customer_heard=heard.append,
-        check_link=check_link,
-    )
-    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: now))
-    try:
-        await asyncio.wait_for(three.wait(), 10)
-    finally:
-        task.cancel()
+    await watch_until(three, fake_session(check_link, heard.append), pc, lambda: now)
     # The latest report, placed on the stage clock, once (it did not change again); checked each
     # poll. The first report alone is not taken as heard: the pace of the reports is not known.
     assert heard == [99.8]
@@ -150,18 +165,8 @@ async def test_a_peer_that_reports_rarely_is_given_longer() -> None:
         if count >= 6:
             polls.set()
 
-    session: Any = SimpleNamespace(
-        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
-        link_timeout=3.0,
-        link_lost_at=None,
-        customer_heard=lambda at: None,
-        check_link=check_link,
-    )
-    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: start))
-    try:
-        await asyncio.wait_for(polls.wait(), 10)
-    finally:
-        task.cancel()
+    session = fake_session(check_link)
+    await watch_until(polls, session, pc, lambda: start)
     assert session.link_timeout == 20.0
 
 
@@ -228,16 +233,6 @@ async def test_the_gap_across_an_outage_is_not_the_customers_pace() -> None:
         if count >= 4:
             polls.set()
 
-    session: Any = SimpleNamespace(
-        stage=SimpleNamespace(clock=SimpleNamespace(time=lambda: 100.0)),
-        link_timeout=3.0,
-        link_lost_at=95.0,  # taken as lost meanwhile
-        customer_heard=lambda at: None,
-        check_link=check_link,
-    )
-    task = asyncio.ensure_future(watch_link(session, pc, poll=0.01, utcnow=lambda: start))
-    try:
-        await asyncio.wait_for(polls.wait(), 10)
-    finally:
-        task.cancel()
+    session = fake_session(check_link, link_lost_at=95.0)  # taken as lost meanwhile
+    await watch_until(polls, session, pc, lambda: start)
     assert session.link_timeout == 3.0
