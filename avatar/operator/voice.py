@@ -40,6 +40,7 @@ from avatar.face_state import MouthShape
 from avatar.listener import frame_pcm
 from avatar.session import Session, TranscriptEntry
 from avatar.speech.audio_lipsync import AudioMouthFollower
+from avatar.speech.level import window_rms
 from avatar.speech.resample import VAD_RATE, StreamResampler, to_mono
 from avatar.timeline import SpeechChunk
 
@@ -72,7 +73,7 @@ def level_db(samples: np.ndarray) -> float:
     """RMS level of int16 samples in dBFS (-120 for digital silence)."""
     if samples.size == 0:
         return -120.0
-    rms = float(np.sqrt(np.mean(samples.astype(np.float64) ** 2)))
+    rms = window_rms(samples)
     return 20.0 * math.log10(rms / 32768.0) if rms > 0 else -120.0
 
 
